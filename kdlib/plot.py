@@ -1,0 +1,141 @@
+"""Figures for the chapters. Functions read results (dicts, lists, arrays) and return matplotlib objects;
+they import no trainer, so plotting never re-runs an experiment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.0, 4.0)) -> Axes:
+    if ax is not None:
+        return ax
+    _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax
+
+
+def history(
+    histories: Mapping[str, Sequence[Mapping[str, float]]],
+    *,
+    metric: str = "test_accuracy",
+    x: str = "epoch",
+    ax: Axes | None = None,
+) -> Axes:
+    """Line plot of ``metric`` against ``x`` for each named history (``FitResult.history`` lists)."""
+    ax = _axes(ax)
+    for label, rows in histories.items():
+        ax.plot([r[x] for r in rows], [r[metric] for r in rows], marker="o", markersize=3, label=label)
+    ax.set_xlabel(x)
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def softmax_temperatures(
+    probabilities: Mapping[float, np.ndarray],
+    *,
+    class_names: Sequence[str] | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Grouped bars of one sample's class probabilities at several temperatures (``{T: probs}``)."""
+    ax = _axes(ax, (8.0, 3.5))
+    temps = list(probabilities)
+    n_classes = len(next(iter(probabilities.values())))
+    width = 0.8 / len(temps)
+    positions = np.arange(n_classes)
+    for i, t in enumerate(temps):
+        ax.bar(positions + (i - (len(temps) - 1) / 2) * width, probabilities[t], width, label=f"T = {t:g}")
+    ax.set_xticks(positions, class_names if class_names is not None else [str(i) for i in positions],
+                  rotation=30 if class_names is not None else 0, ha="right" if class_names is not None else "center")
+    ax.set_ylabel("probability")
+    ax.legend()
+    return ax
+
+
+def heatmap(
+    values: np.ndarray,
+    *,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    row_title: str = "",
+    col_title: str = "",
+    colorbar: str = "",
+    fmt: str = "{:.1f}",
+    cmap: str = "viridis",
+    ax: Axes | None = None,
+) -> Axes:
+    """Annotated heatmap of a 2-D array (a T × α sweep, a class-similarity matrix)."""
+    values = np.asarray(values, dtype=float)
+    if values.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"values have shape {values.shape} but labels give {(len(row_labels), len(col_labels))}")
+    ax = _axes(ax, (1.0 + 0.7 * len(col_labels), 1.0 + 0.5 * len(row_labels)))
+    image = ax.imshow(values, cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(col_labels)), col_labels)
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    ax.set_xlabel(col_title)
+    ax.set_ylabel(row_title)
+    middle = np.nanmean(values)
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
+                    color="white" if v < middle else "black")
+    ax.figure.colorbar(image, ax=ax, label=colorbar)
+    return ax
+
+
+def seed_comparison(
+    results: Mapping[str, Sequence[float]],
+    *,
+    ylabel: str = "test accuracy (%)",
+    ax: Axes | None = None,
+) -> Axes:
+    """Every seed as a dot plus mean ± std as an error bar, one column per method."""
+    ax = _axes(ax, (1.5 + 1.3 * len(results), 4.0))
+    rng = np.random.default_rng(0)  # horizontal jitter only, so overlapping seeds stay visible
+    for i, (label, values) in enumerate(results.items()):
+        v = np.asarray(values, dtype=float)
+        ax.scatter(i + rng.uniform(-0.08, 0.08, len(v)), v, alpha=0.6, s=18)
+        std = v.std(ddof=1) if len(v) > 1 else 0.0
+        ax.errorbar(i + 0.25, v.mean(), yerr=std, fmt="o", color="black", capsize=4)
+    ax.set_xticks(range(len(results)), list(results))
+    ax.set_xlim(-0.5, len(results) - 0.3)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def cost_comparison(
+    records: Sequence[Mapping[str, float]],
+    *,
+    metrics: Sequence[tuple[str, str]] = (
+        ("params", "parameters"),
+        ("flops", "FLOPs / sample"),
+        ("latency_ms", "latency (ms)"),
+        ("accuracy", "accuracy"),
+    ),
+    label_key: str = "name",
+) -> Figure:
+    """One bar chart per metric for a few models (``ProfileRecord.as_dict()`` rows), log scale for counts."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), layout="constrained")
+    labels = [str(r[label_key]) for r in records]
+    for ax, (key, title) in zip(np.atleast_1d(axes), metrics):
+        values = [float(r[key]) for r in records]
+        bars = ax.bar(labels, values, color=[f"C{i}" for i in range(len(records))])
+        ax.set_title(title)
+        if key in ("params", "flops", "size_bytes") and min(values) > 0:
+            ax.set_yscale("log")
+        ax.bar_label(bars, labels=[_short(v) for v in values], fontsize=8)
+        ax.tick_params(axis="x", rotation=20)
+    return fig
+
+
+def _short(value: float) -> str:
+    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= threshold:
+            return f"{value / threshold:.3g}{suffix}"
+    return f"{value:.3g}"

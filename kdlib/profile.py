@@ -1,0 +1,172 @@
+"""Model cost in one record: parameters, serialized bytes, FLOPs, measured latency and accuracy.
+
+FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (PyTorch's own counter: it counts the
+matmuls and convolutions actually dispatched, so it works for any model). Latency is wall-clock time with
+warm-up, the median of repeats, a fixed number of threads, and device synchronization, because fewer FLOPs
+do not always mean less time (GUIDE §5).
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdlib.data import Dataset, Split
+from kdlib.device import DeviceLike, module_device, resolve, synchronize
+from kdlib.train import evaluate
+
+
+@dataclass(frozen=True)
+class ProfileRecord:
+    """One model's costs.
+
+    Attributes:
+        name: a label for tables.
+        params: number of parameters (trainable or not).
+        size_bytes: bytes of the ``torch.save``-serialized ``state_dict``.
+        flops: floating-point operations for ONE sample's forward pass (a multiply-add counts as 2).
+        latency_ms: median wall-clock milliseconds of one forward pass of ``batch_size`` samples.
+        latency_iqr_ms: interquartile range of those timings, a measure of the noise.
+        batch_size: the batch size the latency was measured at.
+        threads: ``torch.get_num_threads()`` during the measurement.
+        device: where it was measured.
+        accuracy: test accuracy in [0, 1] if data was given, else ``None``.
+    """
+
+    name: str
+    params: int
+    size_bytes: int
+    flops: int
+    latency_ms: float
+    latency_iqr_ms: float
+    batch_size: int
+    threads: int
+    device: str
+    accuracy: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def serialized_size(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: what a checkpoint of the weights costs on disk."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def count_flops(model: nn.Module, example: torch.Tensor) -> int:
+    """FLOPs of one forward pass on ``example`` divided by its batch size (FLOPs per sample).
+
+    Counted by :class:`~torch.utils.flop_counter.FlopCounterMode`, which covers matmuls, convolutions and
+    attention (the operations that dominate); elementwise operations are not counted.
+    """
+    if example.dim() == 0 or example.shape[0] == 0:
+        raise ValueError("example must be a batch with at least one sample")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example.to(module_device(model)))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // example.shape[0]
+
+
+def measure_latency(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    warmup: int = 10,
+    repeats: int = 50,
+    threads: int | None = None,
+) -> tuple[float, float]:
+    """Median and interquartile range (ms) of ``model(example)`` in eval mode under ``torch.no_grad``.
+
+    ``threads`` fixes ``torch.set_num_threads`` for the measurement (restored afterwards); CUDA/MPS work is
+    synchronized before each clock read.
+    """
+    if repeats < 5:
+        raise ValueError(f"repeats must be >= 5 for a meaningful median, got {repeats}")
+    device = module_device(model)
+    example = example.to(device)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(example)
+            synchronize(device)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(example)
+                synchronize(device)
+                times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        model.train(was_training)
+        torch.set_num_threads(previous_threads)
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return statistics.median(times), q3 - q1
+
+
+def profile(
+    model: nn.Module,
+    data: Dataset | Split | torch.Tensor,
+    *,
+    name: str | None = None,
+    batch_size: int = 64,
+    device: DeviceLike = None,
+    threads: int | None = None,
+    warmup: int = 10,
+    repeats: int = 50,
+) -> ProfileRecord:
+    """Measure everything about ``model`` in one call.
+
+    Args:
+        model: the model (moved to ``device`` if given, else measured where it is).
+        data: a :class:`~kdlib.data.Dataset` (accuracy on its test split, inputs from it), a
+            :class:`~kdlib.data.Split` (same), or an example input batch (no accuracy).
+        name: label for the record (default: the class name).
+        batch_size: batch size for the latency measurement.
+        threads: CPU threads during the latency measurement (default: leave as is).
+        warmup, repeats: latency protocol.
+    """
+    if device is not None:
+        model.to(resolve(device))
+    split = data.test if isinstance(data, Dataset) else data if isinstance(data, Split) else None
+    inputs = split.x if split is not None else data
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"data must be a Dataset, Split or tensor, got {type(data).__name__}")
+    if inputs.shape[0] == 0:
+        raise ValueError("cannot profile on an empty batch")
+    # Tile a small input set up to batch_size so the latency is always measured at the stated batch size.
+    reps = -(-batch_size // inputs.shape[0])
+    example = inputs.repeat(reps, *[1] * (inputs.dim() - 1))[:batch_size]
+    median, iqr = measure_latency(model, example, warmup=warmup, repeats=repeats, threads=threads)
+    return ProfileRecord(
+        name=name or type(model).__name__,
+        params=count_parameters(model),
+        size_bytes=serialized_size(model),
+        flops=count_flops(model, example[:1]),
+        latency_ms=median,
+        latency_iqr_ms=iqr,
+        batch_size=batch_size,
+        threads=threads or torch.get_num_threads(),
+        device=str(module_device(model)),
+        accuracy=evaluate(model, split)["accuracy"] if split is not None else None,
+    )

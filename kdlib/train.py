@@ -1,0 +1,452 @@
+"""One training loop for every method in kdlib.
+
+:func:`fit` trains any classifier on a :class:`~kdlib.data.Dataset` with cross-entropy plus optional extra
+:class:`LossTerm` s. Distillation (:mod:`kdlib.distill`), pruning fine-tunes and quantization-aware training
+reuse it by passing extra terms, so there is exactly one loop to get right.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kdlib.data import Batch, Dataset, Split, batches
+from kdlib.device import DeviceLike, module_device, resolve
+from kdlib.losses import cross_entropy
+from kdlib.repro import seed_everything
+
+OptimizerSpec = str | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+ScheduleSpec = str | Callable[[int], float] | None
+
+_OPTIMIZERS = ("adam", "adamw", "sgd")
+_SCHEDULES = ("constant", "cosine", "multistep")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@runtime_checkable
+class LossTerm(Protocol):
+    """An extra term of the training objective.
+
+    ``term(batch, logits)`` returns a scalar tensor for the current mini-batch, given the model's logits
+    (with autograd graph). The trainer adds ``weight * term(batch, logits)`` to the loss and logs the
+    unweighted value under ``"loss/<name>"``. A term that is also an :class:`torch.nn.Module` (a learned
+    regressor, say) is moved to the device, put in train mode and has its parameters optimized with the
+    model's.
+    """
+
+    name: str
+    weight: float
+
+    def __call__(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the history as data plus the headline numbers.
+
+    Attributes:
+        history: one dict per evaluation with keys ``epoch``, ``step``, ``lr``, ``train_loss``,
+            ``train_accuracy`` (running, over the batches since the previous evaluation), ``test_loss``,
+            ``test_accuracy``, ``train_seconds`` (cumulative time in training steps, evaluation excluded) and
+            ``loss/<term>`` for each loss term.
+        best_accuracy: highest test accuracy over all evaluations (optimistic: it selects on the test
+            set, as many papers do; quote it beside ``final_accuracy``).
+        best_epoch: the epoch at which ``best_accuracy`` was reached.
+        final_accuracy: test accuracy of the final weights.
+    """
+
+    history: list[dict[str, float]]
+    best_accuracy: float
+    best_epoch: float
+    final_accuracy: float
+    train_seconds: float
+    steps: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self) -> Any:
+        """The history as a :class:`pandas.DataFrame` (pandas is imported only here)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def _as_split(data: Split | Dataset) -> Split:
+    if isinstance(data, Dataset):
+        return data.test
+    if isinstance(data, Split):
+        return data
+    raise TypeError(f"expected a kdlib Split or Dataset, got {type(data).__name__}")
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[amp])
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    x: torch.Tensor | Split,
+    *,
+    batch_size: int = 1024,
+    amp: str | None = None,
+) -> torch.Tensor:
+    """Logits of ``model`` for inputs ``x`` (batched, eval mode, no autograd), as float32 on the model's device.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    inputs = x.x if isinstance(x, Split) else x
+    device = module_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        outs = []
+        with _autocast(device, _check_amp(amp, device)):
+            for start in range(0, inputs.shape[0], batch_size):
+                outs.append(model(inputs[start : start + batch_size].to(device)).float())
+        return torch.cat(outs)
+    finally:
+        model.train(was_training)
+
+
+def evaluate(
+    model: nn.Module,
+    data: Split | Dataset,
+    *,
+    batch_size: int = 1024,
+    amp: str | None = None,
+) -> dict[str, float]:
+    """Mean cross-entropy and top-1 accuracy of ``model`` on a split (a :class:`Dataset` means its test split).
+
+    Returns ``{"loss": ..., "accuracy": ..., "n": ...}`` with accuracy in [0, 1].
+    """
+    split = _as_split(data)
+    logits = predict(model, split, batch_size=batch_size, amp=amp)
+    y = split.y.to(logits.device)
+    return {
+        "loss": float(cross_entropy(logits, y)),
+        "accuracy": float((logits.argmax(1) == y).float().mean()),
+        "n": float(len(split)),
+    }
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _check_amp(amp: str | None, device: torch.device) -> str | None:
+    if amp is None:
+        return None
+    if amp not in _AMP_DTYPES:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp='fp16' needs a CUDA device (got {device}); use amp='bf16' or amp=None")
+    return amp
+
+
+def check_model_fits_data(model: nn.Module, data: Dataset, *, role: str = "model") -> None:
+    """Run two training samples through ``model`` and check it outputs ``(2, data.num_classes)`` logits.
+
+    Raises a ``ValueError`` that says how to fix a class-count mismatch; the model's own error for an
+    input of the wrong shape is re-raised with the dataset's input shape named.
+    """
+    device = module_device(model)
+    probe = data.train.x[:2].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as err:
+        raise ValueError(
+            f"{role} {type(model).__name__} cannot take {data.name} inputs of shape {data.input_shape} "
+            f"(per sample): {err}"
+        ) from err
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{role} must return logits of shape (batch, classes); for 2 inputs it returned {shape}")
+    if out.shape[1] != data.num_classes:
+        raise ValueError(
+            f"{role} outputs {out.shape[1]} classes but {data.name} has {data.num_classes}; "
+            f"create it with num_classes={data.num_classes}"
+        )
+
+
+def _check_labels(data: Dataset) -> None:
+    for name, split in (("train", data.train), ("test", data.test)):
+        if len(split) == 0:
+            raise ValueError(f"the {name} split of {data.name} is empty")
+        low, high = int(split.y.min()), int(split.y.max())
+        if low < 0 or high >= data.num_classes:
+            raise ValueError(
+                f"{name} labels of {data.name} lie in [{low}, {high}] but num_classes is {data.num_classes}"
+            )
+
+
+# --------------------------------------------------------------------------------------------- optimization
+
+
+def make_optimizer(
+    spec: OptimizerSpec, params: list[nn.Parameter], *, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    """Build the optimizer named by ``spec`` ("adam", "adamw", "sgd") or call ``spec(params)``."""
+    if callable(spec):
+        return spec(params)
+    if spec == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if spec == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if spec == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {spec!r}; use one of {_OPTIMIZERS} or a callable params -> optimizer")
+
+
+def lr_factor(
+    schedule: ScheduleSpec, total_steps: int, steps_per_epoch: int, milestones: Sequence[int], gamma: float
+) -> Callable[[int], float]:
+    """Multiplier of the base learning rate as a function of the optimizer step.
+
+    ``"cosine"`` anneals to 0 over ``total_steps``; ``"multistep"`` multiplies by ``gamma`` at each epoch in
+    ``milestones`` (the RepDistiller protocol uses 150/180/210 of 240); ``"constant"``/``None`` keeps it.
+    """
+    if schedule is None or schedule == "constant":
+        return lambda step: 1.0
+    if schedule == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    if schedule == "multistep":
+        bounds = sorted(m * steps_per_epoch for m in milestones)
+        return lambda step: gamma ** sum(step >= b for b in bounds)
+    if callable(schedule):
+        return schedule
+    raise ValueError(f"unknown schedule {schedule!r}; use one of {_SCHEDULES}, None, or a callable step -> factor")
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    setting = os.environ.get("KDLIB_PROGRESS")
+    if setting is not None:
+        return setting not in ("0", "false", "False", "")
+    # Quiet in CI, papermill and notebooks built into the book; a bar only for a person at a terminal.
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 128,
+    optimizer: OptimizerSpec = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    schedule: ScheduleSpec = "cosine",
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    seed: int = 0,
+    device: DeviceLike = None,
+    amp: str | None = None,
+    ce_weight: float = 1.0,
+    label_smoothing: float = 0.0,
+    loss_terms: Sequence[LossTerm] = (),
+    eval_every: int | None = None,
+    grad_clip: float | None = None,
+    progress: bool | None = None,
+    desc: str = "fit",
+) -> FitResult:
+    """Train ``model`` on ``data.train`` and evaluate on ``data.test``.
+
+    The objective per mini-batch is ``ce_weight * CE(logits, y) + sum(term.weight * term(batch, logits))``.
+
+    Args:
+        model: any classifier returning ``(N, num_classes)`` logits; trained in place.
+        data: a :class:`~kdlib.data.Dataset`; its ``augment`` (if any) is applied to training batches.
+        epochs: passes over the training split. Give exactly one of ``epochs`` and ``steps``.
+        steps: optimizer steps (the MNIST-1D paper trains for 6000); the data is cycled as needed.
+        batch_size: training batch size.
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (with ``momentum``) or ``callable(params)``.
+        lr, weight_decay, momentum: optimizer settings.
+        schedule: ``"cosine"`` (default), ``"multistep"`` (with ``milestones`` in epochs and ``gamma``),
+            ``"constant"``/``None``, or ``callable(step) -> factor``; stepped once per optimizer step.
+        seed: seeds every RNG at the start (dropout, batch order, augmentation). Create the model after
+            seeding (or with ``models.create(..., seed=...)``) for a fully seeded run. On CPU the same
+            seed gives bit-identical weights.
+        device: ``None`` follows the model's device; anything else is resolved and the model moved there.
+            The data is moved to the model's device if it is elsewhere.
+        amp: ``None``, ``"bf16"`` or ``"fp16"`` (CUDA only, with gradient scaling): mixed precision.
+        ce_weight: weight of the cross-entropy term (``1 - alpha`` in Hinton's KD; 0 drops it).
+        label_smoothing: label smoothing of the cross-entropy term (Müller et al. 2019).
+        loss_terms: extra :class:`LossTerm` s (distillation, regularizers).
+        eval_every: evaluate every this many steps; default once per epoch. The final weights are always
+            evaluated.
+        grad_clip: if set, clip the global gradient norm to this value.
+        progress: show a tqdm bar; ``None`` shows it only at an interactive terminal (never in CI or
+            notebooks) unless ``KDLIB_PROGRESS`` says otherwise.
+        desc: label of the progress bar.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        ValueError: bad settings, or a model whose outputs do not match the dataset.
+        FloatingPointError: the loss became NaN or infinite (the message names the step and the term).
+    """
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= or steps=")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if ce_weight < 0:
+        raise ValueError(f"ce_weight must be >= 0, got {ce_weight}")
+    if not isinstance(data, Dataset):
+        raise TypeError(f"data must be a kdlib.data.Dataset, got {type(data).__name__}")
+
+    dev = module_device(model) if device is None else resolve(device)
+    model.to(dev)
+    amp = _check_amp(amp, dev)
+    data = data.to(dev)
+    _check_labels(data)
+    check_model_fits_data(model, data, role="model")
+
+    generator = seed_everything(seed)
+    steps_per_epoch = math.ceil(len(data.train) / batch_size)
+    total_steps = steps if steps is not None else epochs * steps_per_epoch
+    eval_every = eval_every or steps_per_epoch
+
+    term_modules = [t for t in loss_terms if isinstance(t, nn.Module)]
+    for term in term_modules:
+        term.to(dev).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += [p for t in term_modules for p in t.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    opt = make_optimizer(optimizer, params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_factor(schedule, total_steps, steps_per_epoch, milestones, gamma)
+    )
+    scaler = torch.amp.GradScaler(dev.type) if amp == "fp16" else None
+
+    def batch_stream():
+        while True:
+            yield from batches(data.train, batch_size, shuffle=True, generator=generator, augment=data.augment)
+
+    history: list[dict[str, float]] = []
+    running = _Running([t.name for t in loss_terms])
+    train_seconds = 0.0
+    model.train()
+    bar = tqdm(total=total_steps, desc=desc, disable=not _progress_enabled(progress), leave=False)
+    stream = batch_stream()
+    for step in range(1, total_steps + 1):
+        batch = next(stream)
+        start = time.perf_counter()
+        with _autocast(dev, amp):
+            logits = model(batch.x)
+            ce = cross_entropy(logits, batch.y, label_smoothing) if ce_weight > 0 else logits.new_zeros(())
+            term_values = [term(batch, logits) for term in loss_terms]
+            loss = ce_weight * ce.float()
+            for term, value in zip(loss_terms, term_values):
+                loss = loss + term.weight * value.float()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(_nonfinite_message(step, ce, loss_terms, term_values))
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        train_seconds += time.perf_counter() - start
+        running.add(loss_value, logits.detach(), batch.y, term_values)
+        bar.update(1)
+        if step % eval_every == 0 or step == total_steps:
+            record = {"epoch": round(step / steps_per_epoch, 4), "step": step, "lr": opt.param_groups[0]["lr"]}
+            record.update(running.summary())
+            test = evaluate(model, data.test, amp=amp)
+            record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], train_seconds=train_seconds)
+            history.append(record)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{test['accuracy']:.3f}")
+            running = _Running([t.name for t in loss_terms])
+            model.train()
+    bar.close()
+
+    best = max(history, key=lambda r: r["test_accuracy"])
+    return FitResult(
+        history=history,
+        best_accuracy=best["test_accuracy"],
+        best_epoch=best["epoch"],
+        final_accuracy=history[-1]["test_accuracy"],
+        train_seconds=train_seconds,
+        steps=total_steps,
+        config=dict(
+            epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer if isinstance(optimizer, str)
+            else repr(optimizer), lr=lr, weight_decay=weight_decay, schedule=schedule if isinstance(schedule, str)
+            or schedule is None else repr(schedule), seed=seed, device=str(dev), amp=amp, ce_weight=ce_weight,
+            label_smoothing=label_smoothing, terms=[(t.name, t.weight) for t in loss_terms],
+        ),
+    )
+
+
+class _Running:
+    """Running means of the loss, the accuracy and each term over the batches since the last evaluation."""
+
+    def __init__(self, term_names: list[str]) -> None:
+        self.names = term_names
+        self.loss = 0.0
+        self.correct = 0.0
+        self.seen = 0
+        self.batches = 0
+        self.terms = [0.0] * len(term_names)
+
+    def add(self, loss: float, logits: torch.Tensor, y: torch.Tensor, terms: list[torch.Tensor]) -> None:
+        self.loss += loss
+        self.correct += float((logits.argmax(1) == y).sum())
+        self.seen += y.shape[0]
+        self.batches += 1
+        for i, value in enumerate(terms):
+            self.terms[i] += float(value.detach())
+
+    def summary(self) -> dict[str, float]:
+        out = {"train_loss": self.loss / self.batches, "train_accuracy": self.correct / self.seen}
+        out.update({f"loss/{n}": v / self.batches for n, v in zip(self.names, self.terms)})
+        return out
+
+
+def _nonfinite_message(step: int, ce: torch.Tensor, terms: Sequence[LossTerm], values: list[torch.Tensor]) -> str:
+    named = [("cross_entropy", float(ce.detach()))] + [(t.name, float(v.detach())) for t, v in zip(terms, values)]
+    parts = [f"{name}={value:.4g}" for name, value in named]
+    bad = [part for part, (_, value) in zip(parts, named) if not math.isfinite(value)]
+    return (
+        f"loss became non-finite at step {step} ({', '.join(bad) or 'the weighted sum overflowed'}; all terms: "
+        f"{', '.join(parts)}). Lower the learning rate, set grad_clip=, or check the inputs for NaN."
+    )

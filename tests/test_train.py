@@ -1,0 +1,140 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kdlib.data import Dataset, Split
+from kdlib.train import FitResult, evaluate, fit, lr_factor, predict
+from tiny import blobs, mlp
+
+
+def test_fit_learns_and_returns_history_as_data():
+    data = blobs()
+    result = fit(mlp(), data, epochs=5, batch_size=16, lr=1e-2, seed=0)
+    assert isinstance(result, FitResult)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4, 5]
+    assert result.steps == 5 * 6
+    assert result.final_accuracy > 0.9
+    assert result.best_accuracy == max(r["test_accuracy"] for r in result.history)
+    assert result.best_epoch in [r["epoch"] for r in result.history]
+    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "train_seconds"} <= set(
+        result.history[0]
+    )
+    frame = result.to_frame()
+    assert list(frame["epoch"]) == [1, 2, 3, 4, 5]
+
+
+def test_fit_by_steps_cycles_the_data_and_evaluates_every_n_steps():
+    result = fit(mlp(), blobs(), steps=25, batch_size=16, eval_every=10, seed=0)
+    assert [r["step"] for r in result.history] == [10, 20, 25]
+    assert result.history[-1]["epoch"] == pytest.approx(25 / 6, abs=1e-3)
+
+
+def test_same_seed_gives_bit_identical_weights_on_cpu():
+    def run(seed):
+        model = mlp(seed=seed)
+        result = fit(model, blobs(), epochs=2, batch_size=16, seed=seed)
+        return torch.cat([p.flatten() for p in model.parameters()]), result.history[-1]["test_loss"]
+
+    w1, l1 = run(3)
+    w2, l2 = run(3)
+    w3, _ = run(4)
+    assert torch.equal(w1, w2) and l1 == l2
+    assert not torch.equal(w1, w3)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizers_reduce_the_loss(optimizer):
+    result = fit(mlp(), blobs(), epochs=4, batch_size=16, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 1e-2)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_schedules():
+    cosine = lr_factor("cosine", 100, 10, (), 0.1)
+    assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+    multistep = lr_factor("multistep", 100, 10, (5, 8), 0.1)
+    assert [multistep(s) for s in (0, 49, 50, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    assert lr_factor("constant", 100, 10, (), 0.1)(77) == 1.0
+    result = fit(mlp(), blobs(), epochs=2, batch_size=16, lr=0.1, schedule="multistep", milestones=(1,))
+    assert [r["lr"] for r in result.history] == pytest.approx([0.01, 0.01])
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_factor("linear", 10, 1, (), 0.1)
+
+
+def test_extra_loss_terms_are_weighted_logged_and_modules_are_optimized():
+    class Term(nn.Module):
+        name = "pull"
+        weight = 0.5
+
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, batch, logits):
+            return (self.scale * logits).pow(2).mean()
+
+    term = Term()
+    result = fit(mlp(), blobs(), epochs=2, batch_size=16, loss_terms=[term], ce_weight=0.0)
+    assert "loss/pull" in result.history[0]
+    assert result.history[0]["train_loss"] == pytest.approx(0.5 * result.history[0]["loss/pull"], rel=1e-5)
+    assert term.scale.item() != 1.0  # the term's own parameter was trained
+
+
+def test_evaluate_and_predict_restore_mode():
+    model = mlp()
+    data = blobs()
+    model.train()
+    stats = evaluate(model, data)
+    assert model.training and 0.0 <= stats["accuracy"] <= 1.0 and stats["n"] == len(data.test)
+    logits = predict(model, data.test.x, batch_size=7)
+    assert logits.shape == (len(data.test), 3)
+    torch.testing.assert_close(logits, model.eval()(data.test.x))
+
+
+def test_bf16_autocast_runs_on_cpu_and_fp16_needs_cuda():
+    result = fit(mlp(), blobs(), epochs=1, batch_size=16, amp="bf16")
+    assert math.isfinite(result.history[-1]["train_loss"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16.*CUDA"):
+            fit(mlp(), blobs(), epochs=1, amp="fp16")
+
+
+def test_non_finite_loss_names_the_step_and_term():
+    class Exploding:
+        name = "boom"
+        weight = 1.0
+
+        def __call__(self, batch, logits):
+            return logits.pow(2).sum() * float("inf")
+
+    with pytest.raises(FloatingPointError, match=r"step 1 .*boom=inf"):
+        fit(mlp(), blobs(), epochs=1, loss_terms=[Exploding()])
+
+
+def test_grad_clip_is_applied():
+    result = fit(mlp(), blobs(), epochs=1, batch_size=16, lr=1.0, optimizer="sgd", grad_clip=1e-3)
+    assert math.isfinite(result.history[-1]["train_loss"])
+
+
+def test_bad_settings_give_clear_errors():
+    data = blobs()
+    with pytest.raises(ValueError, match="exactly one of epochs= or steps="):
+        fit(mlp(), data)
+    with pytest.raises(ValueError, match="exactly one of epochs= or steps="):
+        fit(mlp(), data, epochs=1, steps=3)
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
+        fit(mlp(), data, epochs=0)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        fit(mlp(), data, epochs=1, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="outputs 5 classes but blobs has 3; create it with num_classes=3"):
+        fit(mlp(classes=5), data, epochs=1)
+    with pytest.raises(ValueError, match=r"cannot take blobs inputs of shape \(8,\)"):
+        fit(mlp(features=10), data, epochs=1)
+    bad = Dataset("bad", data.train, Split(data.test.x, data.test.y + 5), 3)
+    with pytest.raises(ValueError, match=r"test labels of bad lie in \[5, 7\] but num_classes is 3"):
+        fit(mlp(), bad, epochs=1)
+    with pytest.raises(TypeError, match="kdlib.data.Dataset"):
+        fit(mlp(), (data.train.x, data.train.y), epochs=1)
+    with pytest.raises(ValueError, match="amp must be"):
+        fit(mlp(), data, epochs=1, amp="int8")
