@@ -50,7 +50,7 @@ Augmentation
 With ``augment=True`` the image loaders set :attr:`Dataset.augment` to a :class:`RandomCropFlip`, which
 :func:`batches` applies to each training batch on the device: a random crop after padding (4 pixels for
 CIFAR, 2 for 28×28 images) and, for CIFAR and Fashion-MNIST, a random horizontal flip (never for digits,
-where a mirrored 2 is not a 2).
+where a mirrored 2 is not a 2). ``mnist1d(augment=True)`` sets a :class:`RandomShift` of the signals.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ __all__ = [
     "DatasetFormatError",
     "NORMALIZATION",
     "RandomCropFlip",
+    "RandomShift",
     "Split",
     "available",
     "batches",
@@ -93,6 +94,7 @@ __all__ = [
     "mnist",
     "mnist1d",
     "random_crop_flip",
+    "random_shift",
     "read_idx",
 ]
 
@@ -384,6 +386,45 @@ class RandomCropFlip:
         return random_crop_flip(x, padding=self.padding, flip=self.flip, fill=self.fill, generator=generator)
 
 
+def random_shift(x: torch.Tensor, *, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each 1-D signal of a batch by a random whole number of steps in ``[-max_shift, max_shift]``.
+
+    Positions shifted in from outside are filled with 0 (the data's mean after normalization). For MNIST-1D
+    this is label-preserving: its generator already places each pattern at a random offset. One gather,
+    no Python loop over samples; the shifts come from ``generator`` (CPU by default).
+
+    Args:
+        x: signals ``(N, L)``, floating point.
+        max_shift: largest shift in either direction (0 returns a copy).
+        generator: random source; ``None`` uses torch's global generator.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"random_shift needs a floating-point batch of signals (N, L), got {shape}")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"max_shift must be an int >= 0, got {max_shift!r}")
+    n, length = x.shape
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    shifts = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=generator, device=gen_device).to(x.device)
+    source = torch.arange(length, device=x.device) - shifts  # (N, L): where each output position reads from
+    inside = (source >= 0) & (source < length)
+    return torch.gather(x, 1, source.clamp(0, length - 1)) * inside
+
+
+@dataclass(frozen=True)
+class RandomShift:
+    """Train-time augmentation for 1-D signals: :func:`random_shift` with a fixed ``max_shift``."""
+
+    max_shift: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or self.max_shift < 0:
+            raise ValueError(f"max_shift must be an int >= 0, got {self.max_shift!r}")
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return random_shift(x, max_shift=self.max_shift, generator=generator)
+
+
 def _image_augment(name: str, padding: int, flip: bool) -> RandomCropFlip:
     mean, std = NORMALIZATION[name]
     return RandomCropFlip(padding, flip, fill=tuple(-m / s for m, s in zip(mean, std, strict=True)))
@@ -443,7 +484,7 @@ def _build(
     train_size: int | None,
     test_size: int | None,
     seed: int,
-    augment: RandomCropFlip | None = None,
+    augment: Augment | None = None,
 ) -> Dataset:
     x_train, y_train, x_test, y_test = arrays
     train_size = _check_size("train_size", train_size, len(y_train))
@@ -572,7 +613,7 @@ def mnist1d(
     seed: int = 42,
     train_size: int | None = None,
     test_size: int | None = None,
-    augment: bool = False,
+    augment: bool | int = False,
     **dataset_args: Any,
 ) -> Dataset:
     """MNIST-1D (Greydanus 2020), generated offline with ``mnist1d.data.make_dataset``.
@@ -589,7 +630,9 @@ def mnist1d(
         seed: the generator's seed (42 is the published dataset); also seeds the optional subsets.
         train_size: keep a random subset of this many training samples.
         test_size: keep a random subset of this many test samples.
-        augment: must be False; crops and flips are not defined for 1-D signals here.
+        augment: ``True`` (or a maximum shift as an int; ``True`` means 4) sets :attr:`Dataset.augment` to
+            a :class:`RandomShift` of the training signals, which the MNIST-1D generator's own random
+            placement of each pattern makes label-preserving.
         **dataset_args: other arguments of ``mnist1d.data.get_dataset_args()`` (e.g. ``iid_noise_scale``,
             ``shuffle_seq``, ``final_seq_length``).
 
@@ -599,7 +642,6 @@ def mnist1d(
     Raises:
         ValueError: for an unknown key in ``dataset_args`` (the message lists the valid ones).
     """
-    _no_augment("mnist1d", augment, "1-D signals have no image crop or flip")
     defaults = _mnist1d_defaults()
     unknown = sorted(set(dataset_args) - set(defaults))
     if unknown:
@@ -631,6 +673,7 @@ def mnist1d(
         train_size=train_size,
         test_size=test_size,
         seed=seed,
+        augment=RandomShift(4 if augment is True else int(augment)) if augment else None,
     )
 
 

@@ -455,8 +455,8 @@ def test_mnist1d_matches_the_generator_and_restores_global_rng() -> None:
 def test_mnist1d_errors() -> None:
     with pytest.raises(ValueError, match=r"unknown MNIST-1D argument.*'bogus'.*valid:.*iid_noise_scale"):
         D.mnist1d(bogus=1)
-    with pytest.raises(ValueError, match="augmentation is not defined for mnist1d"):
-        D.mnist1d(augment=True)
+    with pytest.raises(ValueError, match="max_shift must be an int >= 0"):
+        D.mnist1d(augment=-2)
     with pytest.raises(ValueError, match="train_split"):
         D.mnist1d(train_split=1.0)
     with pytest.raises(ValueError, match="num_samples"):
@@ -648,3 +648,28 @@ def test_real_fashion_mnist_from_debian_path(monkeypatch: pytest.MonkeyPatch) ->
     assert torch.bincount(ds.train.y).tolist() == [6000] * 10
     # The fixed constants are the training set's statistics, so the normalized set has mean 0 and std 1.
     assert abs(ds.train.x.mean().item()) < 1e-3 and abs(ds.train.x.std().item() - 1) < 1e-3
+
+
+# --------------------------------------------------------------------------------------------- 1-D shifts
+
+
+def test_random_shift_moves_signals_and_fills_with_zero() -> None:
+    x = torch.arange(1.0, 11.0).repeat(64, 1)  # (64, 10), values 1..10, no zeros
+
+    def shifted(k: int) -> torch.Tensor:  # out[i] = x[i - k], 0 where i - k falls outside
+        return torch.tensor([float(i - k + 1) if 0 <= i - k < 10 else 0.0 for i in range(10)])
+
+    out = D.random_shift(x, max_shift=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    candidates = [shifted(k) for k in range(-3, 4)]
+    assert all(any(torch.equal(row, c) for c in candidates) for row in out)
+    assert len({tuple(row.tolist()) for row in out}) == 7  # 64 draws hit all seven shifts
+    assert torch.equal(out, D.random_shift(x, max_shift=3, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(D.random_shift(x, max_shift=0), x)
+
+
+def test_mnist1d_augment_sets_a_shift() -> None:
+    ds = D.mnist1d(device="cpu", augment=True)
+    assert isinstance(ds.augment, D.RandomShift) and ds.augment.max_shift == 4
+    assert D.mnist1d(device="cpu", augment=6).augment == D.RandomShift(6)
+    assert D.mnist1d(device="cpu").augment is None
