@@ -1,0 +1,78 @@
+# Build the book and run the tests. Two commands do everything on a fresh machine:
+#
+#   make book    create .venv, get the data, execute the chapters, write the HTML to _build/html
+#   make test    create .venv, get the data, run the whole test suite (pytest's exit code)
+#
+# Also: make notebooks (re-execute notebooks/*.ipynb in place and stamp them), make clean, make distclean.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.kdlib-installed
+NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+FASHION_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+
+# For every command below and the notebook kernels they start: no progress bars, and Jupyter looks up the
+# `python3` kernel in .venv before any user-wide one. Notebook kernels get matplotlib's inline backend (so
+# figures are recorded); plain Python (the tests) gets Agg, which needs no display.
+export KDLIB_PROGRESS := 0
+export JUPYTER_PREFER_ENV_PATH := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+INLINE := module://matplotlib_inline.backend_inline
+
+.PHONY: book test notebooks data clean distclean help $(VENV)
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make book       build the HTML book in _build/html (executes every chapter)"
+	@echo "make test       run the test suite"
+	@echo "make notebooks  re-execute notebooks/*.ipynb in place and stamp them (NOTEBOOKS=... for some)"
+	@echo "make clean      remove build outputs; make distclean also removes $(VENV)"
+
+# The environment: rebuilt when requirements.txt or pyproject.toml change. The `python3` kernel that
+# papermill, nbval and Jupyter Book start is installed into the venv itself; nothing is registered globally.
+$(VENV): $(INSTALLED)
+
+$(INSTALLED): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
+	  echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv, or set PYTHON=..."; exit 1; }
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -e . --no-deps
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (kdlib)"
+	@touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist package when we can install it; otherwise kdlib finds the
+# files under $$KDLIB_DATA or ~/.cache/kdlib, or downloads them with torchvision. This step never fails the build.
+data:
+	@missing=0; for f in $(FASHION_FILES); do test -f $(FASHION_MNIST)/$$f || missing=1; done; \
+	if [ $$missing = 0 ]; then \
+	  echo "data: Fashion-MNIST found in $(FASHION_MNIST)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "data: installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
+	    || echo "data: note: apt-get failed; kdlib will download Fashion-MNIST through torchvision when allowed"; \
+	else \
+	  echo "data: note: $(FASHION_MNIST) not found; kdlib will look in \$$KDLIB_DATA and ~/.cache/kdlib, or"; \
+	  echo "      download Fashion-MNIST through torchvision when allowed (or run 'make data' as root on Debian)"; \
+	fi
+
+# Jupyter Book executes every chapter at its default parameters (execute settings in _config.yml: cache
+# mode, 1800 s per cell, a failing cell fails the build) and treats every warning as an error.
+book: $(VENV) data
+	MPLBACKEND=$(INLINE) $(VENV)/bin/jupyter-book build . -W --keep-going
+
+test: $(VENV) data
+	MPLBACKEND=Agg $(PY) -m pytest tests -q
+
+notebooks: $(VENV) data
+	$(PY) tools/execute_notebooks.py $(NOTEBOOKS)
+
+clean:
+	rm -rf _build .jupyter_cache .pytest_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .ipynb_checkpoints \) -print \
+	  | xargs rm -rf
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info
