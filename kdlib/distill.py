@@ -22,7 +22,7 @@ from torch import nn
 
 from kdlib.data import Batch, Dataset
 from kdlib.device import module_device, resolve
-from kdlib.losses import check_alpha, check_temperature, kd_loss
+from kdlib.losses import check_alpha, check_temperature, kd_loss, kd_loss_from_log_probs, teacher_log_probs
 from kdlib.train import FitResult, LossTerm, check_model_fits_data, fit, predict
 
 TeacherLogits = Callable[[Batch], torch.Tensor]
@@ -30,14 +30,22 @@ TeacherLogits = Callable[[Batch], torch.Tensor]
 
 @dataclass
 class KDTerm:
-    """The Hinton KD term ``kd_loss(student_logits, teacher_logits(batch), T)`` as a :class:`~kdlib.train.LossTerm`."""
+    """The Hinton KD term ``kd_loss(student_logits, teacher_logits(batch), T)`` as a :class:`~kdlib.train.LossTerm`.
 
-    teacher_logits: TeacherLogits
+    ``teacher_log_probs`` optionally gives the teacher's log-probabilities at ``temperature`` directly
+    (what a cached teacher stores, :func:`kdlib.losses.teacher_log_probs`); then ``teacher_logits`` may be
+    ``None``.
+    """
+
+    teacher_logits: TeacherLogits | None
     temperature: float = 4.0
     weight: float = 1.0
     name: str = "kd"
+    teacher_log_probs: TeacherLogits | None = None
 
     def __call__(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        if self.teacher_log_probs is not None:
+            return kd_loss_from_log_probs(logits, self.teacher_log_probs(batch), self.temperature)
         return kd_loss(logits, self.teacher_logits(batch), self.temperature)
 
 
@@ -56,19 +64,18 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def cached_teacher_logits(teacher: nn.Module, data: Dataset, *, batch_size: int = 1024) -> TeacherLogits:
-    """Teacher logits for the whole (un-augmented) training split, looked up by batch index.
+def cached_teacher_logits(teacher: nn.Module, data: Dataset, *, batch_size: int = 1024) -> torch.Tensor:
+    """Teacher logits ``(len(data.train), C)`` for the whole un-augmented training split, on the data's device.
 
-    Raises ``ValueError`` if the dataset augments its inputs: then cached logits would belong to
-    different inputs than the student sees.
+    A batch's teacher logits are then ``cached[batch.index]``. Raises ``ValueError`` if the dataset augments
+    its inputs: cached logits would belong to different inputs than the student sees.
     """
     if data.augment is not None:
         raise ValueError(
             f"{data.name} augments its training inputs, so cached teacher logits would not match them; "
             "use a live teacher (cache_teacher=False)"
         )
-    logits = predict(teacher, data.train, batch_size=batch_size).to(data.device)
-    return lambda batch: logits[batch.index]
+    return predict(teacher, data.train, batch_size=batch_size).to(data.device)
 
 
 def live_teacher_logits(teacher: nn.Module) -> TeacherLogits:
@@ -127,8 +134,12 @@ def distill(
 
     use_cache = data.augment is None if cache_teacher is None else bool(cache_teacher)
     with frozen(teacher):
-        source = cached_teacher_logits(teacher, data) if use_cache else live_teacher_logits(teacher)
-        term = KDTerm(source, temperature=t, weight=a)
+        if use_cache:
+            # Cache log-probabilities at T rather than logits: each step then skips the teacher's log-softmax.
+            cached = teacher_log_probs(cached_teacher_logits(teacher, data), t)
+            term = KDTerm(None, temperature=t, weight=a, teacher_log_probs=lambda batch: cached[batch.index])
+        else:
+            term = KDTerm(live_teacher_logits(teacher), temperature=t, weight=a)
         result = fit(student, data, ce_weight=1.0 - a, loss_terms=[term, *extra_terms], **fit_kwargs)
     result.config.update(temperature=t, alpha=a, cached_teacher=use_cache)
     return result

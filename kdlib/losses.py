@@ -93,13 +93,35 @@ def kd_loss(
     """
     _check_logits(student_logits, teacher_logits)
     t = check_temperature(temperature)
+    return kd_loss_from_log_probs(student_logits, teacher_log_probs(teacher_logits, t), t)
+
+
+def teacher_log_probs(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher's log-probabilities at temperature T, detached, in at least float32.
+
+    A cached teacher stores these once (they do not change during training), so each step skips a
+    log-softmax; see :func:`kd_loss_from_log_probs`.
+    """
+    t = check_temperature(temperature)
+    dtype = torch.promote_types(teacher_logits.dtype, torch.float32)
+    return F.log_softmax(teacher_logits.detach().to(dtype) / t, dim=1)
+
+
+def kd_loss_from_log_probs(
+    student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """:func:`kd_loss` with the teacher given as log-probabilities at temperature T (from :func:`teacher_log_probs`).
+
+    Same value and gradient as ``kd_loss(student_logits, teacher_logits, T)``; shapes are checked the same way.
+    """
+    _check_logits(student_logits, teacher_log_probs)
+    t = float(temperature)
     # Work in at least float32: log_softmax of fp16/bf16 logits at T=1 loses the small probabilities.
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     log_q = F.log_softmax(student_logits.to(dtype) / t, dim=1)
-    log_p = F.log_softmax(teacher_logits.detach().to(dtype) / t, dim=1)
     # kl_div(input=log q, target=log p, log_target=True) = sum p (log p - log q); log_target keeps it
     # finite when the teacher assigns an underflowing probability to a class.
-    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (t * t)
+    return F.kl_div(log_q, teacher_log_probs, reduction="batchmean", log_target=True) * (t * t)
 
 
 def hinton_loss(

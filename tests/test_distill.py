@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from kdlib.data import Dataset
+from kdlib.data import Dataset, batches
 from kdlib.distill import KDTerm, cached_teacher_logits, distill, frozen
-from kdlib.losses import kd_loss
+from kdlib.losses import kd_loss, teacher_log_probs
 from kdlib.train import fit
 from tiny import blobs, mlp
 
@@ -63,17 +63,21 @@ def test_alpha_zero_is_plain_training(teacher):
         torch.testing.assert_close(p, q)
 
 
-def test_kd_term_reads_cached_logits_by_index(teacher):
+def test_cached_logits_and_log_probs_give_the_kd_loss_by_index(teacher):
     data = blobs()
-    source = cached_teacher_logits(teacher, data)
-    from kdlib.data import batches
-
+    cached = cached_teacher_logits(teacher, data)
     batch = next(batches(data.train, 10, shuffle=True, generator=torch.Generator().manual_seed(0)))
     with frozen(teacher), torch.no_grad():
-        torch.testing.assert_close(source(batch), teacher(batch.x))
-    term = KDTerm(source, temperature=3.0)
-    s = torch.randn(10, 3)
-    torch.testing.assert_close(term(batch, s), kd_loss(s, source(batch), 3.0))
+        torch.testing.assert_close(cached[batch.index], teacher(batch.x))
+    s = torch.randn(10, 3, requires_grad=True)
+    by_logits = KDTerm(lambda b: cached[b.index], temperature=3.0)(batch, s)
+    log_p = teacher_log_probs(cached, 3.0)
+    by_log_probs = KDTerm(None, temperature=3.0, teacher_log_probs=lambda b: log_p[b.index])(batch, s)
+    torch.testing.assert_close(by_logits, kd_loss(s, cached[batch.index], 3.0))
+    torch.testing.assert_close(by_log_probs, by_logits)
+    g1, = torch.autograd.grad(by_logits, s)
+    g2, = torch.autograd.grad(by_log_probs, s)
+    torch.testing.assert_close(g1, g2)
 
 
 def test_augmented_data_uses_a_live_teacher_and_refuses_the_cache(teacher):
