@@ -83,6 +83,7 @@ __all__ = [
     "RandomCropFlip",
     "RandomShift",
     "Split",
+    "UNLABELED",
     "available",
     "batches",
     "cache_dir",
@@ -96,6 +97,7 @@ __all__ = [
     "random_crop_flip",
     "random_shift",
     "read_idx",
+    "with_unlabeled",
 ]
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
@@ -152,9 +154,17 @@ def _subset_index(length: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(length, generator=g)[:n]
 
 
+#: Label of a training input that has no label: a transfer-set input for distillation (Hinton et al. 2015 §3).
+#: It feeds the distillation terms but not the cross-entropy, and it is not counted in training accuracy.
+UNLABELED = -1
+
+
 @dataclass(frozen=True)
 class Split:
-    """One split of a dataset: inputs ``x`` (float32, normalized) and integer labels ``y`` on one device."""
+    """One split of a dataset: inputs ``x`` (float32, normalized) and integer labels ``y`` on one device.
+
+    A label may be :data:`UNLABELED` (-1) in a training split (see :func:`with_unlabeled`).
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -238,6 +248,21 @@ class Dataset:
 
     def without_augmentation(self) -> Dataset:
         return replace(self, augment=None)
+
+
+def with_unlabeled(data: Dataset, x: torch.Tensor) -> Dataset:
+    """``data`` with the inputs ``x`` appended to its training split as :data:`UNLABELED` samples.
+
+    This is Hinton et al.'s *transfer set*: inputs the teacher labels with its soft targets, which a student
+    trained alone could not use. The test split is unchanged. ``x`` must have the dataset's input shape.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
+    if tuple(x.shape[1:]) != data.input_shape:
+        raise ValueError(f"unlabeled inputs have shape {tuple(x.shape[1:])} per sample; {data.name} has {data.input_shape}")
+    x = x.to(data.device, torch.float32)
+    y = torch.full((x.shape[0],), UNLABELED, dtype=torch.int64, device=data.device)
+    return replace(data, train=Split(torch.cat([data.train.x, x]), torch.cat([data.train.y, y])))
 
 
 def batches(

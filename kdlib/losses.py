@@ -146,8 +146,17 @@ def hinton_loss(
     return (1.0 - a) * ce + a * kd
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy with shape and range checks (``(N, C)`` logits, ``(N,)`` int64 targets)."""
+def cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy with shape and dtype checks (``(N, C)`` logits, ``(N,)`` int64 targets).
+
+    With ``ignore_index`` the mean runs over the other samples only, and a batch with none of them gives 0
+    (with a graph), not PyTorch's NaN.
+    """
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (batch, classes), got {tuple(logits.shape)}")
     if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
@@ -156,5 +165,11 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: 
         )
     if targets.dtype != torch.int64:
         raise TypeError(f"targets must be int64 class indices, got {targets.dtype}")
-    return F.cross_entropy(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
-                           targets, label_smoothing=label_smoothing)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    if ignore_index is None:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    per_sample = F.cross_entropy(
+        logits, targets, label_smoothing=label_smoothing, ignore_index=ignore_index, reduction="none"
+    )
+    return per_sample.sum() / (targets != ignore_index).sum().clamp(min=1)

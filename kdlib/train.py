@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdlib.data import Batch, Dataset, Split, batches
+from kdlib.data import UNLABELED, Batch, Dataset, Split, batches
 from kdlib.device import DeviceLike, module_device, resolve
 from kdlib.losses import cross_entropy
 from kdlib.repro import seed_everything
@@ -187,15 +187,24 @@ def check_model_fits_data(model: nn.Module, data: Dataset, *, role: str = "model
         )
 
 
-def _check_labels(data: Dataset) -> None:
+def _check_labels(data: Dataset, ce_weight: float) -> bool:
+    """Check label ranges; return whether the training split holds :data:`~kdlib.data.UNLABELED` inputs."""
     for name, split in (("train", data.train), ("test", data.test)):
         if len(split) == 0:
             raise ValueError(f"the {name} split of {data.name} is empty")
-        low, high = int(split.y.min()), int(split.y.max())
+        labeled = split.y[split.y != UNLABELED] if name == "train" else split.y
+        if name == "test" and bool((split.y == UNLABELED).any()):
+            raise ValueError(f"the test split of {data.name} has unlabeled samples; only training may")
+        if labeled.numel() == 0:
+            if ce_weight > 0:
+                raise ValueError(f"the train split of {data.name} has no labels; train with ce_weight=0 (alpha=1)")
+            continue
+        low, high = int(labeled.min()), int(labeled.max())
         if low < 0 or high >= data.num_classes:
             raise ValueError(
                 f"{name} labels of {data.name} lie in [{low}, {high}] but num_classes is {data.num_classes}"
             )
+    return bool((data.train.y == UNLABELED).any())
 
 
 # --------------------------------------------------------------------------------------------- optimization
@@ -281,6 +290,9 @@ def fit(
     Args:
         model: any classifier returning ``(N, num_classes)`` logits; trained in place.
         data: a :class:`~kdlib.data.Dataset`; its ``augment`` (if any) is applied to training batches.
+            Training inputs labeled :data:`~kdlib.data.UNLABELED` (a transfer set, see
+            :func:`~kdlib.data.with_unlabeled`) are skipped by the cross-entropy and the training accuracy
+            and seen only by the loss terms.
         epochs: passes over the training split. Give exactly one of ``epochs`` and ``steps``.
         steps: optimizer steps (the MNIST-1D paper trains for 6000); the data is cycled as needed.
         batch_size: training batch size.
@@ -328,7 +340,8 @@ def fit(
     model.to(dev)
     amp = _check_amp(amp, dev)
     data = data.to(dev)
-    _check_labels(data)
+    has_unlabeled = _check_labels(data, ce_weight)
+    ignore = UNLABELED if has_unlabeled else None
     check_model_fits_data(model, data, role="model")
 
     generator = seed_everything(seed)
@@ -364,7 +377,7 @@ def fit(
         start = time.perf_counter()
         with _autocast(dev, amp):
             logits = model(batch.x)
-            ce = cross_entropy(logits, batch.y, label_smoothing) if ce_weight > 0 else logits.new_zeros(())
+            ce = cross_entropy(logits, batch.y, label_smoothing, ignore) if ce_weight > 0 else logits.new_zeros(())
             term_values = [term(batch, logits) for term in loss_terms]
             loss = ce_weight * ce.float()
             for term, value in zip(loss_terms, term_values):
@@ -430,14 +443,16 @@ class _Running:
 
     def add(self, loss: float, logits: torch.Tensor, y: torch.Tensor, terms: list[torch.Tensor]) -> None:
         self.loss += loss
+        labeled = y != UNLABELED
         self.correct += float((logits.argmax(1) == y).sum())
-        self.seen += y.shape[0]
+        self.seen += int(labeled.sum())
         self.batches += 1
         for i, value in enumerate(terms):
             self.terms[i] += float(value.detach())
 
     def summary(self) -> dict[str, float]:
-        out = {"train_loss": self.loss / self.batches, "train_accuracy": self.correct / self.seen}
+        accuracy = self.correct / self.seen if self.seen else float("nan")
+        out = {"train_loss": self.loss / self.batches, "train_accuracy": accuracy}
         out.update({f"loss/{n}": v / self.batches for n, v in zip(self.names, self.terms)})
         return out
 

@@ -102,3 +102,12 @@ def test_bad_input_errors(teacher):
         distill(mlp(), teacher, data, epochs=1, alpha=1.2)
     with pytest.raises(TypeError, match="use alpha= and extra_terms="):
         distill(mlp(), teacher, data, epochs=1, ce_weight=0.5)
+
+
+def test_transfer_set_inputs_reach_only_the_kd_term(teacher):
+    from kdlib.data import with_unlabeled
+
+    data = blobs()
+    transfer = with_unlabeled(data, blobs(seed=9).train.x)
+    result = distill(mlp(seed=8), teacher, transfer, epochs=2, batch_size=16, alpha=0.5)
+    assert result.config["cached_teacher"] is True and "loss/kd" in result.history[-1]

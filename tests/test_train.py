@@ -138,3 +138,27 @@ def test_bad_settings_give_clear_errors():
         fit(mlp(), (data.train.x, data.train.y), epochs=1)
     with pytest.raises(ValueError, match="amp must be"):
         fit(mlp(), data, epochs=1, amp="int8")
+
+
+def test_unlabeled_inputs_skip_cross_entropy_and_accuracy():
+    from kdlib.data import UNLABELED, with_unlabeled
+    from kdlib.losses import cross_entropy
+
+    logits = torch.randn(4, 3)
+    y = torch.tensor([0, UNLABELED, 2, UNLABELED])
+    torch.testing.assert_close(cross_entropy(logits, y, ignore_index=UNLABELED),
+                               torch.nn.functional.cross_entropy(logits[[0, 2]], y[[0, 2]]))
+    none = cross_entropy(logits.requires_grad_(), torch.full((4,), UNLABELED), ignore_index=UNLABELED)
+    assert none.item() == 0.0 and none.requires_grad
+
+    data = blobs()
+    extended = with_unlabeled(data, data.test.x)
+    assert len(extended.train) == len(data.train) + len(data.test)
+    assert int((extended.train.y == UNLABELED).sum()) == len(data.test)
+    result = fit(mlp(), extended, epochs=2, batch_size=16)
+    assert 0.0 <= result.history[-1]["train_accuracy"] <= 1.0
+    only_unlabeled = with_unlabeled(Dataset("u", Split(data.train.x[:0], data.train.y[:0]), data.test, 3), data.train.x)
+    with pytest.raises(ValueError, match="has no labels; train with ce_weight=0"):
+        fit(mlp(), only_unlabeled, epochs=1)
+    with pytest.raises(ValueError, match=r"shape \(5,\) per sample; blobs has \(8,\)"):
+        with_unlabeled(data, torch.randn(3, 5))
