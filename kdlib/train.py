@@ -144,6 +144,18 @@ def evaluate(
     }
 
 
+def agreement(model_a: nn.Module, model_b: nn.Module, data: Split | Dataset, *, batch_size: int = 1024) -> float:
+    """Share of samples (in [0, 1]) on which two models predict the same top-1 class.
+
+    Teacher–student agreement measures *fidelity*, how well the student imitates the teacher, which is
+    distinct from accuracy (Stanton et al., 2021). A :class:`Dataset` means its test split.
+    """
+    split = _as_split(data)
+    a = predict(model_a, split, batch_size=batch_size).argmax(1)
+    b = predict(model_b, split, batch_size=batch_size).argmax(1).to(a.device)
+    return float((a == b).float().mean())
+
+
 # --------------------------------------------------------------------------------------------- validation
 
 

@@ -162,3 +162,23 @@ def test_unlabeled_inputs_skip_cross_entropy_and_accuracy():
         fit(mlp(), only_unlabeled, epochs=1)
     with pytest.raises(ValueError, match=r"shape \(5,\) per sample; blobs has \(8,\)"):
         with_unlabeled(data, torch.randn(3, 5))
+
+
+def test_agreement_counts_matching_top1_predictions():
+    from kdlib.train import agreement
+
+    data = blobs()
+    model = mlp()
+    assert agreement(model, model, data) == 1.0
+
+    class Constant(nn.Module):
+        def __init__(self, cls):
+            super().__init__()
+            self.cls = cls
+            self.dummy = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return nn.functional.one_hot(torch.full((x.shape[0],), self.cls), 3).float() + 0 * self.dummy
+
+    assert agreement(Constant(0), Constant(0), data.test) == 1.0
+    assert agreement(Constant(0), Constant(1), data.test) == 0.0
