@@ -70,6 +70,16 @@ def measure_pair(name, dataset, teacher, student_factory, batch_size, repeats) -
     }
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -103,7 +113,7 @@ def main() -> None:
     report = {
         "benchmark": "distillation epoch time relative to a plain student epoch",
         "goal": "cached_over_plain <= 1.15",
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": cpu_name(),
                     "threads": args.threads, "torch": torch.__version__},
         "repeats": repeats,
         "pairs": pairs,
