@@ -82,7 +82,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small subsets, 3 repeats (a smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -103,7 +103,7 @@ def main() -> None:
         ),
         measure_pair(
             "Fashion-MNIST: cnn -> mlp(64)",
-            kdata.fashion_mnist(device="cpu", **(size or {"train_size": 20000})),
+            kdata.fashion_mnist(device="cpu", **(size or {"train_size": 10000})),
             models.create("cnn"),
             lambda: models.create("mlp", input_shape=(1, 28, 28), hidden=(64,)),
             batch_size=128,
