@@ -28,6 +28,7 @@ import torch
 from kdlib import data as kdata
 from kdlib import models
 from kdlib.distill import cached_teacher_logits, distill, frozen
+from kdlib.profile import cpu_name
 from kdlib.train import fit
 
 RESULTS = Path(__file__).parent / "results" / "distill_overhead.json"
@@ -68,16 +69,6 @@ def measure_pair(name, dataset, teacher, student_factory, batch_size, repeats) -
         "cached_over_plain": median["cached"] / median["plain"],
         "live_over_plain": median["live"] / median["plain"],
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -9,9 +9,11 @@ do not always mean less time (GUIDE §5).
 from __future__ import annotations
 
 import io
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,6 +22,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdlib.data import Dataset, Split
 from kdlib.device import DeviceLike, module_device, resolve, synchronize
 from kdlib.train import evaluate
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` on Linux), for labelling measurements with their machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True)

@@ -52,3 +52,10 @@ def test_latency_restores_threads_and_mode():
         measure_latency(model, torch.randn(2, 4), repeats=2)
     with pytest.raises(ValueError, match="at least one sample"):
         count_flops(model, torch.randn(0, 4))
+
+
+def test_cpu_name_is_a_label():
+    from kdlib.profile import cpu_name
+
+    name = cpu_name()
+    assert isinstance(name, str) and name and "\n" not in name

@@ -69,19 +69,11 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
     """One line describing where the outputs were produced, e.g. ``Linux x86_64, AMD EPYC ..., 2 cores, no GPU``."""
     import torch  # imported here so that importing this module (as the tests do) stays cheap
+
+    from kdlib.profile import cpu_name
 
     if torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
@@ -89,7 +81,7 @@ def machine() -> str:
         gpu = "Apple MPS"
     else:
         gpu = "no GPU"
-    return f"{platform.system()} {platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores, {gpu}"
+    return f"{platform.system()} {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, {gpu}"
 
 
 def _strip_run_metadata(nb: nbformat.NotebookNode) -> None:
