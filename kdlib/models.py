@@ -179,7 +179,8 @@ def _check_input(model: nn.Module, x: torch.Tensor, *also: tuple[int, ...]) -> N
     got = tuple(x.shape)
     if got[1:] == expected or got[1:] in also:
         return
-    want = " or ".join(f"(N, {', '.join(map(str, s))})" for s in (expected, *also))
+    shapes = list(dict.fromkeys((expected, *also)))  # an MLP on (40,) would otherwise list (N, 40) twice
+    want = " or ".join(f"(N, {', '.join(map(str, s))})" for s in shapes)
     hint = " (missing batch dimension? use x.unsqueeze(0))" if got in (expected, *also) else ""
     raise ValueError(f"{type(model).__name__} expects input of shape {want}, got {got}{hint}")
 
