@@ -57,8 +57,8 @@ class FitResult:
     Attributes:
         history: one dict per evaluation with keys ``epoch``, ``step``, ``lr``, ``train_loss``,
             ``train_accuracy`` (running, over the batches since the previous evaluation), ``test_loss``,
-            ``test_accuracy``, ``train_seconds`` (cumulative time in training steps, evaluation excluded) and
-            ``loss/<term>`` for each loss term.
+            ``test_accuracy``, ``train_seconds`` (cumulative time of the training steps, batch drawing
+            included, evaluation excluded) and ``loss/<term>`` for each loss term.
         best_accuracy: highest test accuracy over all evaluations (optimistic: it selects on the test
             set, as many papers do; quote it beside ``final_accuracy``).
         best_epoch: the epoch at which ``best_accuracy`` was reached.
@@ -385,8 +385,8 @@ def fit(
     bar = tqdm(total=total_steps, desc=desc, disable=not _progress_enabled(progress), leave=False)
     stream = batch_stream()
     for step in range(1, total_steps + 1):
-        batch = next(stream)
         start = time.perf_counter()
+        batch = next(stream)
         with _autocast(dev, amp):
             logits = model(batch.x)
             ce = cross_entropy(logits, batch.y, label_smoothing, ignore) if ce_weight > 0 else logits.new_zeros(())
@@ -434,12 +434,16 @@ def fit(
         train_seconds=train_seconds,
         steps=total_steps,
         config=dict(
-            epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer if isinstance(optimizer, str)
-            else repr(optimizer), lr=lr, weight_decay=weight_decay, schedule=schedule if isinstance(schedule, str)
-            or schedule is None else repr(schedule), seed=seed, device=str(dev), amp=amp, ce_weight=ce_weight,
-            label_smoothing=label_smoothing, terms=[(t.name, t.weight) for t in loss_terms],
+            epochs=epochs, steps=steps, batch_size=batch_size, optimizer=_describe(optimizer), lr=lr,
+            weight_decay=weight_decay, schedule=_describe(schedule), seed=seed, device=str(dev), amp=amp,
+            ce_weight=ce_weight, label_smoothing=label_smoothing, terms=[(t.name, t.weight) for t in loss_terms],
         ),
     )
+
+
+def _describe(spec: object) -> object:
+    """A JSON-friendly record of a setting: strings and None as they are, callables by their repr."""
+    return spec if spec is None or isinstance(spec, str) else repr(spec)
 
 
 class _Running:
