@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,20 +11,6 @@ from torch import nn
 
 from kdlib import models
 from kdlib.features import FeatureRecorder, extract_features, feature_shapes, resolve_layers
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Batches of 1-2 gain nothing from threads, and on a busy machine OpenMP threads spin: 1 thread is ~5x faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_net() -> nn.Sequential:
