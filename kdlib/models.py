@@ -519,94 +519,28 @@ _CIFAR = (16, 16, 32, 64)
 _X4 = (32, 64, 128, 256)
 
 
-@register("resnet8")
-def resnet8(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
-    """ResNet-8 for CIFAR (He et al. 2016; RepDistiller), stem/stage channels 16/16/32/64.
+def _register_cifar_resnet(name: str, depth: int, channels: tuple[int, ...]) -> None:
+    """Register ``name`` as a fixed-depth CIFAR ResNet (one factory instead of nine copies of it)."""
 
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`CifarResNet` for the arguments.
-    """
-    return CifarResNet(8, _CIFAR, num_classes, in_channels, input_size)
+    def build(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
+        return CifarResNet(depth, channels, num_classes, in_channels, input_size)
 
-
-@register("resnet14")
-def resnet14(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
-    """ResNet-14 for CIFAR (He et al. 2016; RepDistiller), stem/stage channels 16/16/32/64.
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`CifarResNet` for the arguments.
-    """
-    return CifarResNet(14, _CIFAR, num_classes, in_channels, input_size)
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (
+        f"ResNet-{name[len('resnet'):]} for CIFAR (He et al. 2016; RepDistiller), stem/stage channels "
+        f"{'/'.join(map(str, channels))}.\n\n"
+        "    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.\n"
+        "    See :class:`CifarResNet` for the arguments.\n"
+    )
+    globals()[name] = register(name)(build)
 
 
-@register("resnet20")
-def resnet20(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
-    """ResNet-20 for CIFAR (He et al. 2016; RepDistiller), stem/stage channels 16/16/32/64.
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`CifarResNet` for the arguments.
-    """
-    return CifarResNet(20, _CIFAR, num_classes, in_channels, input_size)
-
-
-@register("resnet32")
-def resnet32(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
-    """ResNet-32 for CIFAR (He et al. 2016; RepDistiller), stem/stage channels 16/16/32/64.
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`CifarResNet` for the arguments.
-    """
-    return CifarResNet(32, _CIFAR, num_classes, in_channels, input_size)
-
-
-@register("resnet44")
-def resnet44(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
-    """ResNet-44 for CIFAR (He et al. 2016; RepDistiller), stem/stage channels 16/16/32/64.
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`CifarResNet` for the arguments.
-    """
-    return CifarResNet(44, _CIFAR, num_classes, in_channels, input_size)
-
-
-@register("resnet56")
-def resnet56(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
-    """ResNet-56 for CIFAR (He et al. 2016; RepDistiller), stem/stage channels 16/16/32/64.
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`CifarResNet` for the arguments.
-    """
-    return CifarResNet(56, _CIFAR, num_classes, in_channels, input_size)
-
-
-@register("resnet110")
-def resnet110(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
-    """ResNet-110 for CIFAR (He et al. 2016; RepDistiller), stem/stage channels 16/16/32/64.
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`CifarResNet` for the arguments.
-    """
-    return CifarResNet(110, _CIFAR, num_classes, in_channels, input_size)
-
-
-@register("resnet8x4")
-def resnet8x4(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
-    """ResNet-8x4 for CIFAR (He et al. 2016; RepDistiller), stem/stage channels 32/64/128/256.
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`CifarResNet` for the arguments.
-    """
-    return CifarResNet(8, _X4, num_classes, in_channels, input_size)
-
-
-@register("resnet32x4")
-def resnet32x4(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> CifarResNet:
-    """ResNet-32x4 for CIFAR (He et al. 2016; RepDistiller), stem/stage channels 32/64/128/256.
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`CifarResNet` for the arguments.
-    """
-    return CifarResNet(32, _X4, num_classes, in_channels, input_size)
+for _name, _depth, _channels in (
+    ("resnet8", 8, _CIFAR), ("resnet14", 14, _CIFAR), ("resnet20", 20, _CIFAR), ("resnet32", 32, _CIFAR),
+    ("resnet44", 44, _CIFAR), ("resnet56", 56, _CIFAR), ("resnet110", 110, _CIFAR),
+    ("resnet8x4", 8, _X4), ("resnet32x4", 32, _X4),
+):  # fmt: skip
+    _register_cifar_resnet(_name, _depth, _channels)
 
 
 @register("resnet")
