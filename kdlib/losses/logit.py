@@ -1,7 +1,6 @@
-"""Distillation losses as plain functions on tensors.
+"""Logit-based distillation losses: functions of the student's and the teacher's ``(N, C)`` logits.
 
-Shapes: logits are ``(N, C)`` float tensors; targets are ``(N,)`` int64 class indices. Every loss checks its
-inputs and raises one clear error instead of broadcasting silently.
+Shapes: logits are ``(N, C)`` float tensors; targets are ``(N,)`` int64 class indices.
 """
 
 from __future__ import annotations
@@ -9,43 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kdlib.losses.checks import check_alpha, check_logits, check_temperature
 
-def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
-    for name, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"{name} must have shape (batch, classes), got {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if student_logits.shape[1] != teacher_logits.shape[1]:
-        raise ValueError(
-            f"student has {student_logits.shape[1]} classes but teacher has {teacher_logits.shape[1]}; "
-            "distillation needs both models to predict the same classes"
-        )
-    if student_logits.shape[0] != teacher_logits.shape[0]:
-        raise ValueError(
-            f"batch sizes differ: student {student_logits.shape[0]}, teacher {teacher_logits.shape[0]}; "
-            "pass the teacher's logits for the same batch"
-        )
-    if student_logits.shape[0] == 0:
-        raise ValueError("empty batch: the KD loss of zero samples is undefined")
-
-
-def check_temperature(temperature: float) -> float:
-    """Return ``temperature`` as a float after checking it is a finite number > 0."""
-    t = float(temperature)
-    if not t > 0 or t == float("inf"):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return t
-
-
-def check_alpha(alpha: float) -> float:
-    """Return ``alpha`` as a float after checking it lies in [0, 1]."""
-    a = float(alpha)
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(f"alpha weighs KD against cross-entropy and must lie in [0, 1], got {alpha!r}")
-    return a
+__all__ = ["cross_entropy", "hinton_loss", "kd_loss", "kd_loss_from_log_probs", "soft_targets", "teacher_log_probs"]
 
 
 def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -91,7 +56,7 @@ def kd_loss(
     Returns:
         A scalar tensor (float32 or wider), 0 when the two distributions are equal and > 0 otherwise.
     """
-    _check_logits(student_logits, teacher_logits)
+    check_logits(student_logits, teacher_logits)
     t = check_temperature(temperature)
     return kd_loss_from_log_probs(student_logits, teacher_log_probs(teacher_logits, t), t)
 
@@ -114,7 +79,7 @@ def kd_loss_from_log_probs(
 
     Same value and gradient as ``kd_loss(student_logits, teacher_logits, T)``; shapes are checked the same way.
     """
-    _check_logits(student_logits, teacher_log_probs)
+    check_logits(student_logits, teacher_log_probs)
     t = float(temperature)
     # Work in at least float32: log_softmax of fp16/bf16 logits at T=1 loses the small probabilities.
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
