@@ -16,6 +16,10 @@ FX-traceable models (no data-dependent control flow, no unsupported Python in ``
 *copy* of the graph, so the model being trained and the extractor are two objects. Hooks need no tracing,
 work for any ``nn.Module`` and leave the model as it is; their limit is that only module outputs can be
 recorded. If you need a functional op's output of a traceable model, use ``create_feature_extractor``.
+A name with the suffix ``":input"`` records what a module *receives* (its first positional argument, via
+a forward pre-hook) instead of what it returns: ``"fc:input"`` is the embedding a classifier's last linear
+layer sees (the penultimate features of every kdlib model, of torchvision's ResNets, and of most others),
+whatever function computed it.
 
 The recorder stores references to the outputs, not copies. If a later operation modifies a recorded
 output in place (e.g. ``nn.ReLU(inplace=True)`` right after a hooked BatchNorm, as in torchvision's
@@ -45,7 +49,8 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None = None) -> tup
 
     Args:
         model: Any module.
-        layers: Dotted submodule names (``"layer1"``, ``"layer2.0.conv1"``), or ``None``.
+        layers: Dotted submodule names (``"layer1"``, ``"layer2.0.conv1"``), optionally with the suffix
+            ``":input"`` to mean the module's input (``"fc:input"``), or ``None``.
 
     Returns:
         The layer names as a tuple, in the given order.
@@ -72,11 +77,20 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None = None) -> tup
     if repeated:
         raise ValueError(f"layers are listed more than once: {', '.join(repeated)}")
     for name in layers:
-        if name not in modules:
-            close = difflib.get_close_matches(name, [n for n in modules if n], n=5)
+        module_name = _module_name(name)
+        if module_name not in modules:
+            close = difflib.get_close_matches(module_name, [n for n in modules if n], n=5)
             hint = f"close matches: {', '.join(close)}" if close else f"some submodules: {_sample_names(modules)}"
-            raise ValueError(f"{type(model).__name__} has no submodule {name!r}; {hint}")
+            raise ValueError(f"{type(model).__name__} has no submodule {module_name!r}; {hint}")
     return layers
+
+
+INPUT_SUFFIX = ":input"
+
+
+def _module_name(layer: str) -> str:
+    """The submodule a layer name refers to: ``"fc:input"`` → ``"fc"``."""
+    return layer[: -len(INPUT_SUFFIX)] if layer.endswith(INPUT_SUFFIX) else layer
 
 
 def _sample_names(modules: dict[str, nn.Module], limit: int = 12) -> str:
@@ -104,7 +118,8 @@ class FeatureRecorder:
 
     Args:
         model: Any module.
-        layers: Dotted names from ``model.named_modules()``; ``None`` uses ``model.feature_layers``.
+        layers: Dotted names from ``model.named_modules()`` (``"name:input"`` records that module's input);
+            ``None`` uses ``model.feature_layers``.
         detach: Store detached outputs.
 
     Raises:
@@ -118,16 +133,29 @@ class FeatureRecorder:
         self._outputs: dict[str, Any] = {}
         self._versions: dict[str, int | None] = {}
         modules = dict(model.named_modules())
-        self._handles: list[RemovableHandle] = [
-            modules[name].register_forward_hook(self._hook(name)) for name in self.layers
-        ]
+        self._handles: list[RemovableHandle] = []
+        for name in self.layers:
+            module = modules[_module_name(name)]
+            if name.endswith(INPUT_SUFFIX):
+                self._handles.append(module.register_forward_pre_hook(self._input_hook(name)))
+            else:
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _record(self, name: str, output: Any) -> None:
+        if self.detach:
+            output = _map_tensors(output, torch.Tensor.detach)
+        self._outputs[name] = output
+        self._versions[name] = _version(output)
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if self.detach:
-                output = _map_tensors(output, torch.Tensor.detach)
-            self._outputs[name] = output
-            self._versions[name] = _version(output)
+            self._record(name, output)
+
+        return hook
+
+    def _input_hook(self, name: str) -> Callable[[nn.Module, Any], None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            self._record(name, args[0])
 
         return hook
 

@@ -235,3 +235,19 @@ def test_repr_mentions_state() -> None:
     assert "active" in repr(rec)
     rec.remove()
     assert "removed" in repr(rec)
+
+
+def test_input_suffix_records_what_the_module_receives():
+    model = models.create("lenet5", 10, seed=0)
+    x = torch.randn(3, 1, 28, 28)
+    with FeatureRecorder(model, ["fc:input", "hidden2"]) as rec:
+        logits = model(x)
+    torch.testing.assert_close(rec.features["fc:input"], rec.features["hidden2"])
+    torch.testing.assert_close(model.fc(rec.features["fc:input"]), logits)
+    assert feature_shapes(model, model.input_shape, ["fc:input"]) == {"fc:input": (84,)}
+
+
+def test_input_suffix_of_an_unknown_module_names_the_module():
+    model = models.create("lenet5", 10)
+    with pytest.raises(ValueError, match="no submodule 'head'"):
+        resolve_layers(model, ["head:input"])
