@@ -1,8 +1,8 @@
 """kdlib: knowledge distillation, pruning and quantization in PyTorch, CPU-first and tested.
 
 Modules: :mod:`kdlib.device`, :mod:`kdlib.data`, :mod:`kdlib.models`, :mod:`kdlib.features`,
-:mod:`kdlib.losses`, :mod:`kdlib.train`, :mod:`kdlib.distill`, :mod:`kdlib.profile`, :mod:`kdlib.repro`,
-:mod:`kdlib.plot`.
+:mod:`kdlib.losses`, :mod:`kdlib.train`, :mod:`kdlib.distill`, :mod:`kdlib.distiller`, :mod:`kdlib.methods`,
+:mod:`kdlib.profile`, :mod:`kdlib.repro`, :mod:`kdlib.plot`.
 """
 
 __version__ = "0.1.0"

@@ -92,6 +92,7 @@ class Term(nn.Module):
         self.student_layers: tuple[str, ...] = ()
         self.teacher_layers: tuple[str, ...] = ()
         self._step: _TeacherStep | None = None
+        self.stateful = False  # True when computing the loss changes the term's state (CRD's memory)
         self._warmup_steps = 0
         self._calls = 0
 
@@ -218,6 +219,7 @@ class CRDTerm(Term):
         **crd_kwargs: Any,
     ) -> None:
         super().__init__(weight=weight, name=name)
+        self.stateful = True
         self.student_layers = (student_layer,)
         self.teacher_layers = (teacher_layer,)
         self.num_negatives = num_negatives
@@ -293,6 +295,12 @@ class _TeacherStep:
             with FeatureRecorder(self.teacher, self.layers, detach=True) as recorder:
                 logits = self.teacher(x)
             return logits, recorder.features
+
+    def forget(self) -> None:
+        """Drop the outputs of the last batch (and the graphs they keep alive)."""
+        self._batch, self._outputs = None, None
+        if self.student_recorder is not None:
+            self.student_recorder.clear()
 
     def outputs(self, batch: Batch, student_logits: torch.Tensor) -> StepOutputs:
         if batch is not self._batch:
@@ -388,6 +396,7 @@ class Distiller:
             stack.enter_context(frozen(teacher))
             recorder = stack.enter_context(FeatureRecorder(student, s_layers)) if s_layers else None
             step = _TeacherStep(teacher, t_layers, recorder)
+            self._check_terms(step, data)
             if use_cache:
                 step.fill_cache(data.train.x)
             for term in self.terms:
@@ -402,6 +411,28 @@ class Distiller:
             distill_terms=[(t.name, t.weight, type(t).__name__) for t in self.terms],
         )
         return result
+
+    def _check_terms(self, step: _TeacherStep, data: Dataset) -> None:
+        """Compute every stateless term once on four training samples, so that a term that cannot work for
+        this pair (e.g. feature shapes that differ without an adapter) fails before training, not at step 1."""
+        student = self.student
+        was_training = student.training
+        student.eval()
+        try:
+            with torch.no_grad():
+                x, y = data.train.x[:4], data.train.y[:4]
+                batch = Batch(x, y, torch.arange(x.shape[0], device=x.device))
+                out = step.outputs(batch, student(x))
+                for term in self.terms:
+                    if term.stateful:
+                        continue
+                    try:
+                        term.compute(out)
+                    except (ValueError, TypeError, RuntimeError) as err:
+                        raise type(err)(f"distillation term {term.name!r} cannot be computed for this pair: {err}") from err
+        finally:
+            student.train(was_training)
+            step.forget()
 
     def _use_cache(self, data: Dataset, t_shapes: Mapping[str, Shape]) -> bool:
         if self.cache_teacher is False:

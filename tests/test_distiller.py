@@ -144,3 +144,14 @@ def test_bad_input_gives_one_clear_error(teacher):
     wrong = nn.Sequential(nn.Linear(8, 5))
     with pytest.raises(ValueError, match="teacher"):
         Distiller(student, wrong, [LogitTerm(kd_loss)]).fit(blobs(), steps=1)
+
+
+def test_a_term_that_cannot_work_for_the_pair_fails_before_training(teacher):
+    from kdlib.losses import fitnet_loss
+
+    student = mlp(hidden=8, seed=2)
+    start = snapshot(student)
+    term = FeatureTerm("1", "1", fitnet_loss, adapter=None)  # 8 student features vs 32 teacher features
+    with pytest.raises(ValueError, match="term 'fitnet' cannot be computed for this pair.*adapter"):
+        Distiller(student, teacher, [term]).fit(blobs(), epochs=1, batch_size=16)
+    assert all(torch.equal(start[k], v) for k, v in student.state_dict().items())
