@@ -9,7 +9,8 @@ One teacher per pair (seed 0) is shared by every run, so the seeds vary the stud
 data order only. Each method uses its paper recipe from :data:`kdlib.methods.METHODS`, with the same optimizer
 (Adam, cosine schedule) and step budget as the student trained alone. Runs are spread over ``--workers``
 processes of one thread each (independent runs; timings here are not comparable between methods, see
-``benchmarks/distill_throughput.py`` for that). Results go to ``benchmarks/results/method_zoo.json``.
+``benchmarks/distill_throughput.py`` for that). Results go to ``benchmarks/results/method_zoo.json``; an interrupted sweep resumes from
+``method_zoo.partial.jsonl`` (the teachers are retrained identically from seed 0).
 
 Usage: ``python benchmarks/method_zoo.py [--seeds 5] [--workers 2] [--pairs mnist1d fashion] [--smoke]``
 """
@@ -139,12 +140,19 @@ def main() -> None:
             # Slow methods first, so the pool does not end on one long straggler.
             order = sorted(args.methods, key=lambda m: m not in ("rkd", "crd"))
             tasks += [(name, method, seed, str(path), args.smoke) for method in order for seed in range(args.seeds)]
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            results = []
+        # Every finished run is appended to a log next to the output, so an interrupted sweep resumes.
+        partial = args.out.with_suffix(".partial.jsonl")
+        results = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+        done = {(r["pair"], r["method"], r["seed"]) for r in results}
+        tasks = [t for t in tasks if (t[0], t[1], t[2]) not in done]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with mp.get_context("spawn").Pool(args.workers) as pool, partial.open("a") as log:
             for record in pool.imap_unordered(run_one, tasks):
                 results.append(record)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
                 acc = f"{record['final_accuracy']:.4f}" if record["status"] == "ok" else record["status"]
-                print(f"[{len(results)}/{len(tasks)}] {record['pair']} {record['method']} seed {record['seed']}: {acc}",
+                print(f"[{len(results)}/{len(done) + len(tasks)}] {record['pair']} {record['method']} seed {record['seed']}: {acc}",
                       flush=True)
     results.sort(key=lambda r: (r["pair"], list(METHODS).index(r["method"]), r["seed"]))
     out = dict(
@@ -156,8 +164,8 @@ def main() -> None:
                          ce_weight=METHODS[m].ce_weight, recipe=METHODS[m].recipe) for m in args.methods},
         results=results,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
+    partial.unlink()
     print(f"wrote {args.out} ({out['wall_seconds']:.0f} s)")
 
 

@@ -482,3 +482,19 @@ def test_bad_forward_inputs_give_one_clear_error():
         crd_queue()(fs, ft, contrast_index=torch.zeros(4, 8, dtype=torch.long))
     # nothing was written to the bank or Z by the failed calls
     assert torch.isnan(crd.log_z).all()
+
+
+def test_shared_negatives_equal_per_anchor_sampling_with_the_same_rows_for_every_anchor():
+    shared = crd_bank(num_negatives=7, shared_negatives=True)
+    per_anchor = copy.deepcopy(shared)
+    per_anchor.shared_negatives = False
+    fs, ft, idx = randn(5, 6, seed=1), randn(5, 10, seed=2), torch.tensor([3, 0, 17, 39, 8])
+    torch.manual_seed(11)
+    loss_shared = shared(fs, ft, idx)
+    torch.manual_seed(11)
+    negatives = torch.randint(0, 40, (7,))
+    rows = torch.cat([idx[:, None], negatives.expand(5, 7)], dim=1)
+    loss_per_anchor = per_anchor(fs, ft, idx, contrast_index=rows)
+    torch.testing.assert_close(loss_shared, loss_per_anchor)
+    torch.testing.assert_close(shared.memory_student, per_anchor.memory_student)  # same update
+    assert "shared_negatives=True" in repr(shared)
