@@ -6,9 +6,10 @@ decay 5e-4, batch 64, 240 epochs, learning rate 0.05 divided by 10 at epochs 150
 :data:`kdlib.methods.METHODS` (KD: CE 0.1 + 0.9 KD at T = 4; DKD: CE 1 + DKD with alpha 1, beta 8, T 4 and a
 20-epoch warm-up; CRD: CE 1 + 0.8 CRD; ...). With augmentation the teacher runs live on every batch.
 
-Two deviations from the reference code, both documented in kdlib: CRD draws its negatives uniformly from
-the memory bank (RepDistiller's published runs draw them from other classes only, ``--mode exact``), and
-attention transfer errors instead of silently pooling when spatial sizes differ (no such case in these pairs).
+Deviations from the reference code, all documented in kdlib: CRD draws its negatives uniformly from the
+memory bank and shares one draw per batch (RepDistiller's published runs draw 16,384 per anchor from other
+classes only, ``--mode exact``); kdlib's KD term is computed on logits cast to float32; attention transfer
+errors instead of silently pooling when spatial sizes differ (no such case in these pairs).
 
 Examples (CIFAR-100 is downloaded by torchvision on first use)::
 
