@@ -155,3 +155,18 @@ def test_a_term_that_cannot_work_for_the_pair_fails_before_training(teacher):
     with pytest.raises(ValueError, match="term 'fitnet' cannot be computed for this pair.*adapter"):
         Distiller(student, teacher, [term]).fit(blobs(), epochs=1, batch_size=16)
     assert all(torch.equal(start[k], v) for k, v in student.state_dict().items())
+
+
+def test_with_augmentation_the_teacher_runs_live_on_the_augmented_batch(teacher):
+    shifted = dataclasses.replace(blobs(), augment=RandomShift(2))
+    seen = []
+    hook = teacher.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()) if i[0].shape[0] == 16 else None)
+    batches = []
+    student = mlp(hidden=8, seed=2)
+    student.register_forward_hook(lambda m, i, o: batches.append(i[0].clone()) if i[0].shape[0] == 16 else None)
+    try:
+        result = Distiller(student, teacher, [FeatureTerm("1", "1", F.mse_loss)]).fit(shifted, steps=2, batch_size=16)
+    finally:
+        hook.remove()
+    assert result.config["cached_teacher"] is False
+    assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(seen, batches))  # the same augmented inputs
