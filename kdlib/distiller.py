@@ -357,7 +357,8 @@ class Distiller:
         self.cache_limit_mb = float(cache_limit_mb)
 
     def parameters(self) -> list[nn.Parameter]:
-        """The trainable parameters: the student's and the terms' (adapters, embedding heads)."""
+        """The trainable parameters: the student's and the terms' (adapters and embedding heads exist once
+        :meth:`fit` has seen the feature shapes)."""
         params = [p for p in self.student.parameters() if p.requires_grad]
         return params + [p for t in self.terms for p in t.parameters() if p.requires_grad]
 
@@ -388,6 +389,7 @@ class Distiller:
         total_steps = _total_steps(len(data.train), fit_kwargs)
         for term in self.terms:
             term.setup(s_shapes, t_shapes, len(data.train))
+            term.to(dev).eval()  # eval until fit() starts: the check below must not update BatchNorm statistics
             term._warmup_steps = round(term.warmup * total_steps)
             term._calls = 0
 
