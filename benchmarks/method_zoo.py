@@ -39,7 +39,7 @@ RESULTS = Path(__file__).parent / "results" / "method_zoo.json"
 
 @dataclass(frozen=True)
 class Pair:
-    name: str
+    dataset: str
     teacher: str
     student: str
     teacher_fit: dict
@@ -50,11 +50,7 @@ class Pair:
         kwargs = dict(self.data_kwargs)
         if smoke:
             kwargs.update(train_size=512, test_size=256)
-        return kdata.load(self.name_of_data, device="cpu", **kwargs)
-
-    @property
-    def name_of_data(self) -> str:
-        return "mnist1d" if self.name == "mnist1d" else "fashion_mnist"
+        return kdata.load(self.dataset, device="cpu", **kwargs)
 
 
 PAIRS = {
@@ -65,7 +61,7 @@ PAIRS = {
         data_kwargs={},
     ),
     "fashion": Pair(
-        "fashion", "cnn", "lenet5",
+        "fashion_mnist", "cnn", "lenet5",
         teacher_fit=dict(epochs=3, batch_size=128, lr=2e-3),
         student_fit=dict(epochs=5, batch_size=128, lr=2e-3),
         data_kwargs=dict(train_size=10_000),
