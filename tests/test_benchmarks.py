@@ -39,4 +39,5 @@ def test_cifar100_recipe_runs_teacher_then_student(tmp_path):
     run_script("benchmarks/cifar100_recipe.py", "student", "--method", "dkd", *common)
     record = json.loads((tmp_path / "results" / "resnet56-resnet20" / "dkd_seed0.json").read_text())
     assert record["method"] == "dkd" and record["config"]["optimizer"] == "sgd"
+    assert record["overrides"] == {"beta": 2.0}  # mdistiller's DKD config for this pair
     assert record["config"]["batch_size"] == 64 and 0 <= record["final_accuracy"] <= 1
