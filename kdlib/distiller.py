@@ -37,6 +37,7 @@ from kdlib.data import Batch, Dataset
 from kdlib.device import module_device, resolve
 from kdlib.distill import frozen
 from kdlib.features import FeatureRecorder, feature_shapes
+from kdlib.repro import seed_everything
 from kdlib.train import FitResult, check_model_fits_data, fit
 
 if TYPE_CHECKING:
@@ -387,6 +388,9 @@ class Distiller:
         s_shapes = feature_shapes(student, data.input_shape, s_layers) if s_layers else {}
         t_shapes = feature_shapes(teacher, data.input_shape, t_layers) if t_layers else {}
         total_steps = _total_steps(len(data.train), fit_kwargs)
+        # Adapters and CRD's heads and memory are initialized here: seed them with the run's seed, so that the
+        # same seed gives the same run whatever the process did before (fit() then seeds again, identically).
+        seed_everything(fit_kwargs.get("seed", 0))
         for term in self.terms:
             term.setup(s_shapes, t_shapes, len(data.train))
             term.to(dev).eval()  # eval until fit() starts: the check below must not update BatchNorm statistics
