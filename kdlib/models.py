@@ -667,49 +667,23 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.relu(self.bn(x))), 1))
 
 
-@register("wrn_16_1")
-def wrn_16_1(
-    num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3, input_size: int = 32
-) -> WideResNet:
-    """WRN-16-1 (Zagoruyko & Komodakis 2016; RepDistiller).
+def _register_wrn(depth: int, width: int) -> None:
+    """Register ``wrn_<depth>_<width>`` as a fixed WideResNet (one factory instead of four copies of it)."""
+    name = f"wrn_{depth}_{width}"
 
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`WideResNet` for the arguments.
-    """
-    return WideResNet(num_classes, 16, 1, dropout, in_channels, input_size)
+    def build(
+        num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3, input_size: int = 32
+    ) -> WideResNet:
+        return WideResNet(num_classes, depth, width, dropout, in_channels, input_size)
 
-
-@register("wrn_16_2")
-def wrn_16_2(
-    num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3, input_size: int = 32
-) -> WideResNet:
-    """WRN-16-2 (Zagoruyko & Komodakis 2016; RepDistiller).
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`WideResNet` for the arguments.
-    """
-    return WideResNet(num_classes, 16, 2, dropout, in_channels, input_size)
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (
+        f"WRN-{depth}-{width} (Zagoruyko & Komodakis 2016; RepDistiller).\n\n"
+        "    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.\n"
+        "    See :class:`WideResNet` for the arguments.\n"
+    )
+    globals()[name] = register(name)(build)
 
 
-@register("wrn_40_1")
-def wrn_40_1(
-    num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3, input_size: int = 32
-) -> WideResNet:
-    """WRN-40-1 (Zagoruyko & Komodakis 2016; RepDistiller).
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`WideResNet` for the arguments.
-    """
-    return WideResNet(num_classes, 40, 1, dropout, in_channels, input_size)
-
-
-@register("wrn_40_2")
-def wrn_40_2(
-    num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3, input_size: int = 32
-) -> WideResNet:
-    """WRN-40-2 (Zagoruyko & Komodakis 2016; RepDistiller).
-
-    Expected input ``(N, in_channels, input_size, input_size)``, by default ``(N, 3, 32, 32)``.
-    See :class:`WideResNet` for the arguments.
-    """
-    return WideResNet(num_classes, 40, 2, dropout, in_channels, input_size)
+for _depth, _width in ((16, 1), (16, 2), (40, 1), (40, 2)):
+    _register_wrn(_depth, _width)
