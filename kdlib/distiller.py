@@ -271,9 +271,15 @@ def make_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> 
 class _TeacherStep:
     """The teacher's outputs for the current batch, computed once however many terms read them."""
 
-    def __init__(self, teacher: nn.Module, layers: tuple[str, ...], student_recorder: FeatureRecorder | None):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        teacher_recorder: FeatureRecorder | None,
+        student_recorder: FeatureRecorder | None,
+    ):
         self.teacher = teacher
-        self.layers = layers
+        self.teacher_recorder = teacher_recorder  # detached, hooks registered once for the whole run
+        self.layers = teacher_recorder.layers if teacher_recorder is not None else ()
         self.student_recorder = student_recorder
         self.cache: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._batch: Batch | None = None
@@ -291,17 +297,15 @@ class _TeacherStep:
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         with torch.no_grad():
-            if not self.layers:
-                return self.teacher(x), {}
-            with FeatureRecorder(self.teacher, self.layers, detach=True) as recorder:
-                logits = self.teacher(x)
-            return logits, recorder.features
+            logits = self.teacher(x)
+        return logits, self.teacher_recorder.features if self.teacher_recorder is not None else {}
 
     def forget(self) -> None:
         """Drop the outputs of the last batch (and the graphs they keep alive)."""
         self._batch, self._outputs = None, None
-        if self.student_recorder is not None:
-            self.student_recorder.clear()
+        for recorder in (self.student_recorder, self.teacher_recorder):
+            if recorder is not None:
+                recorder.clear()
 
     def outputs(self, batch: Batch, student_logits: torch.Tensor) -> StepOutputs:
         if batch is not self._batch:
@@ -401,7 +405,8 @@ class Distiller:
         with ExitStack() as stack:
             stack.enter_context(frozen(teacher))
             recorder = stack.enter_context(FeatureRecorder(student, s_layers)) if s_layers else None
-            step = _TeacherStep(teacher, t_layers, recorder)
+            t_recorder = stack.enter_context(FeatureRecorder(teacher, t_layers, detach=True)) if t_layers else None
+            step = _TeacherStep(teacher, t_recorder, recorder)
             self._check_terms(step, data)
             if use_cache:
                 step.fill_cache(data.train.x)
