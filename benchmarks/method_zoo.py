@@ -18,6 +18,7 @@ Usage: ``python benchmarks/method_zoo.py [--seeds 5] [--workers 2] [--pairs mnis
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import platform
@@ -84,11 +85,17 @@ def train_teacher(pair: Pair, smoke: bool, path: Path) -> float:
     return result.final_accuracy
 
 
+@functools.cache
+def load_dataset(pair_name: str, smoke: bool) -> kdata.Dataset:
+    """The pair's data, read once per worker process (every run only reads it)."""
+    return PAIRS[pair_name].load(smoke)
+
+
 def run_one(task: tuple[str, str, int, str, bool]) -> dict:
     pair_name, method, seed, teacher_path, smoke = task
     torch.set_num_threads(1)
     pair = PAIRS[pair_name]
-    dataset = pair.load(smoke)
+    dataset = load_dataset(pair_name, smoke)
     teacher = models.create(pair.teacher, dataset.num_classes)
     teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
     student = models.create(pair.student, dataset.num_classes, seed=seed)
