@@ -6,6 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from tiny import blobs, mlp
+
+from kdlib.train import fit
 
 
 @pytest.fixture(autouse=True)
@@ -21,3 +24,11 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def teacher() -> torch.nn.Module:
+    """An MLP trained on the blobs, the teacher of the distillation tests."""
+    model = mlp(hidden=32, seed=1)
+    fit(model, blobs(), epochs=5, batch_size=16, lr=1e-2)
+    return model

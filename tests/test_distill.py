@@ -5,18 +5,9 @@ from kdlib.data import Dataset, batches
 from kdlib.distill import KDTerm, cached_teacher_logits, distill, frozen
 from kdlib.losses import kd_loss, teacher_log_probs
 from kdlib.train import fit
-from tiny import blobs, mlp
+from tiny import blobs, mlp, snapshot
 
 
-@pytest.fixture(scope="module")
-def teacher():
-    model = mlp(hidden=32, seed=1)
-    fit(model, blobs(), epochs=5, batch_size=16, lr=1e-2)
-    return model
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def test_distill_trains_only_the_student_and_restores_the_teacher(teacher):

@@ -9,19 +9,9 @@ from kdlib.data import RandomShift
 from kdlib.distill import distill
 from kdlib.distiller import Distiller, FeatureTerm, LogitTerm, Term, make_adapter
 from kdlib.losses import kd_loss
-from kdlib.train import fit
-from tiny import blobs, mlp
+from tiny import blobs, mlp, snapshot
 
 
-@pytest.fixture(scope="module")
-def teacher():
-    model = mlp(hidden=32, seed=1)
-    fit(model, blobs(), epochs=5, batch_size=16, lr=1e-2)
-    return model
-
-
-def snapshot(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
 
 
 def test_a_kd_logit_term_trains_the_same_student_as_distill(teacher):

@@ -23,3 +23,8 @@ def blobs(n_train: int = 96, n_test: int = 48, features: int = 8, classes: int =
 def mlp(features: int = 8, classes: int = 3, hidden: int = 16, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the module's state, to check later what changed."""
+    return {k: v.clone() for k, v in module.state_dict().items()}
