@@ -38,7 +38,7 @@ from kdlib.device import module_device, resolve
 from kdlib.distill import frozen
 from kdlib.features import FeatureRecorder, feature_shapes
 from kdlib.repro import seed_everything
-from kdlib.train import FitResult, check_model_fits_data, fit
+from kdlib.train import DEFAULT_BATCH_SIZE, FitResult, check_model_fits_data, count_steps, fit
 
 if TYPE_CHECKING:
     from kdlib.losses.contrastive import CRDLoss
@@ -391,7 +391,12 @@ class Distiller:
         t_layers = _unique(layer for t in self.terms for layer in t.teacher_layers)
         s_shapes = feature_shapes(student, data.input_shape, s_layers) if s_layers else {}
         t_shapes = feature_shapes(teacher, data.input_shape, t_layers) if t_layers else {}
-        total_steps = _total_steps(len(data.train), fit_kwargs)
+        total_steps = count_steps(
+            len(data.train),
+            epochs=fit_kwargs.get("epochs"),
+            steps=fit_kwargs.get("steps"),
+            batch_size=fit_kwargs.get("batch_size", DEFAULT_BATCH_SIZE),
+        )
         # Adapters and CRD's heads and memory are initialized here: seed them with the run's seed, so that the
         # same seed gives the same run whatever the process did before (fit() then seeds again, identically).
         seed_everything(fit_kwargs.get("seed", 0))
@@ -463,13 +468,6 @@ class Distiller:
 
 def _unique(names: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
-
-
-def _total_steps(num_samples: int, fit_kwargs: Mapping[str, Any]) -> int:
-    if fit_kwargs.get("steps") is not None:
-        return int(fit_kwargs["steps"])
-    epochs = fit_kwargs.get("epochs") or 1
-    return int(epochs) * math.ceil(num_samples / int(fit_kwargs.get("batch_size", 128)))
 
 
 def _short_name(fn: Callable[..., Any]) -> str:

@@ -270,13 +270,25 @@ def _progress_enabled(progress: bool | None) -> bool:
 # --------------------------------------------------------------------------------------------- the loop
 
 
+DEFAULT_BATCH_SIZE = 128
+
+
+def count_steps(
+    num_samples: int, *, epochs: int | None = None, steps: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> int:
+    """The optimizer steps of a :func:`fit` run: ``steps``, or ``epochs`` passes of ``ceil(num_samples / batch_size)``."""
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= or steps=")
+    return steps if steps is not None else epochs * math.ceil(num_samples / batch_size)
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
     *,
     epochs: int | None = None,
     steps: int | None = None,
-    batch_size: int = 128,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     optimizer: OptimizerSpec = "adam",
     lr: float = 1e-3,
     weight_decay: float = 0.0,
@@ -358,7 +370,7 @@ def fit(
 
     generator = seed_everything(seed)
     steps_per_epoch = math.ceil(len(data.train) / batch_size)
-    total_steps = steps if steps is not None else epochs * steps_per_epoch
+    total_steps = count_steps(len(data.train), epochs=epochs, steps=steps, batch_size=batch_size)
     eval_every = eval_every or steps_per_epoch
 
     term_modules = [t for t in loss_terms if isinstance(t, nn.Module)]
