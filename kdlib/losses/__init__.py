@@ -7,6 +7,7 @@ live in their own modules and are all importable from here:
 * :mod:`kdlib.losses.feature`: FitNets hints, attention transfer.
 * :mod:`kdlib.losses.relation`: similarity-preserving, RKD distance and angle, PKT.
 * :mod:`kdlib.losses.contrastive`: CRD with a memory bank or a bounded queue.
+* :mod:`kdlib.losses.targets`: KD from a virtual teacher (Tf-KD) and from a weighted teacher ensemble.
 * :mod:`kdlib.losses.checks`: the shared input checks.
 """
 
@@ -15,7 +16,8 @@ from kdlib.losses.contrastive import *  # noqa: F403
 from kdlib.losses.feature import *  # noqa: F403
 from kdlib.losses.logit import *  # noqa: F403
 from kdlib.losses.relation import *  # noqa: F403
+from kdlib.losses.targets import *  # noqa: F403
 
-from kdlib.losses import checks, contrastive, feature, logit, relation
+from kdlib.losses import checks, contrastive, feature, logit, relation, targets
 
-__all__ = [*checks.__all__, *logit.__all__, *feature.__all__, *relation.__all__, *contrastive.__all__]
+__all__ = [*checks.__all__, *logit.__all__, *feature.__all__, *relation.__all__, *contrastive.__all__, *targets.__all__]
