@@ -127,6 +127,7 @@ def teacher_free_self(
     make_model: Callable[[], nn.Module],
     data: Dataset,
     *,
+    teacher: nn.Module | None = None,
     temperature: float = 4.0,
     alpha: float = 0.9,
     seed: int = 0,
@@ -135,11 +136,12 @@ def teacher_free_self(
     """Tf-KD\\ :sub:`self`: a pre-trained copy of the student is its own teacher (Yuan et al., CVPR 2020).
 
     It is one born-again generation, but with the usual KD objective (cross-entropy plus a softened KD
-    term) rather than born-again's output matching. Rows: ``"generation 0"`` (the pre-trained copy) and
-    ``"generation 1"`` (the student).
+    term) rather than born-again's output matching. Rows: ``"generation 0"`` (the pre-trained copy, trained
+    here unless ``teacher`` is given) and ``"generation 1"`` (the student).
     """
     return born_again(
-        make_model, data, generations=1, ensemble=False, temperature=temperature, alpha=alpha, seed=seed, **fit_kwargs
+        make_model, data, generations=1, teacher=teacher, ensemble=False, temperature=temperature, alpha=alpha,
+        seed=seed, **fit_kwargs,
     )
 
 
