@@ -61,3 +61,21 @@ def summarize(values: list[float] | tuple[float, ...]) -> dict[str, float]:
     std = float(v.std(ddof=1)) if n > 1 else float("nan")
     half = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else float("nan")
     return {"mean": float(v.mean()), "std": std, "n": n, "ci95": half}
+
+
+def paired_difference(values: list[float] | tuple[float, ...], baseline: list[float] | tuple[float, ...]) -> dict[str, object]:
+    """Seed-paired difference ``values[i] - baseline[i]``: its mean, 95 % t-interval and a verdict.
+
+    The verdict is ``"better"`` or ``"worse"`` only when the interval excludes 0, else ``"n.s."`` (not
+    significant): the rule the book applies to every comparison of two methods over the same seeds.
+
+    Returns:
+        ``{"diff", "low", "high", "n", "verdict"}``.
+    """
+    a, b = np.asarray(values, dtype=float), np.asarray(baseline, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same seeds: got {a.shape} and {b.shape}")
+    d = summarize((a - b).tolist())
+    low, high = d["mean"] - d["ci95"], d["mean"] + d["ci95"]
+    verdict = "better" if low > 0 else "worse" if high < 0 else "n.s."
+    return {"diff": d["mean"], "low": low, "high": high, "n": d["n"], "verdict": verdict}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdlib.repro import seed_everything, set_deterministic, summarize
+from kdlib.repro import paired_difference, seed_everything, set_deterministic, summarize
 
 
 def test_seed_everything_seeds_all_generators():
@@ -44,3 +44,21 @@ def test_summarize_mean_std_and_interval():
     assert single["mean"] == 0.5 and np.isnan(single["std"])
     with pytest.raises(ValueError, match="non-empty"):
         summarize([])
+
+
+def test_paired_difference_verdicts_follow_the_interval():
+    base = [60.0, 61.0, 59.5, 60.5, 60.0]
+    better = paired_difference([b + 2 + 0.1 * i for i, b in enumerate(base)], base)
+    assert better["verdict"] == "better" and better["low"] > 0 and better["diff"] == pytest.approx(2.2)
+    worse = paired_difference([b - 1 for b in base], base)
+    assert worse["diff"] == pytest.approx(-1) and worse["verdict"] == "worse"  # zero spread: interval is a point
+    noise = paired_difference([60.0, 62.0, 58.0, 61.0, 59.0], base)
+    assert noise["low"] < 0 < noise["high"] and noise["verdict"] == "n.s."
+    # Pairing matters: a constant offset is significant even when the seeds themselves vary a lot.
+    wide = [50.0, 70.0, 55.0, 65.0, 60.0]
+    assert paired_difference([w + 0.5 for w in wide], wide)["verdict"] == "better"
+
+
+def test_paired_difference_needs_the_same_seeds():
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference([1.0, 2.0], [1.0, 2.0, 3.0])
