@@ -107,11 +107,12 @@ def predict(
 ) -> torch.Tensor:
     """Logits of ``model`` for inputs ``x`` (batched, eval mode, no autograd), as float32 on the model's device.
 
-    The model's train/eval mode is restored afterwards.
+    The train/eval mode of the model and of each of its submodules is restored afterwards (an
+    :class:`~kdlib.schemes.Ensemble` of frozen teachers must not put them back in train mode).
     """
     inputs = x.x if isinstance(x, Split) else x
     device = module_device(model)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         outs = []
@@ -120,7 +121,8 @@ def predict(
                 outs.append(model(inputs[start : start + batch_size].to(device)).float())
         return torch.cat(outs)
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
 
 
 def evaluate(

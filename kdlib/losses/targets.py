@@ -39,7 +39,9 @@ def virtual_teacher_log_probs(targets: torch.Tensor, num_classes: int, correct_p
             f"correct_prob must lie in [1/C, 1) = [{1 / num_classes:.3g}, 1) so that the correct class is "
             f"the most likely one and every class keeps some mass, got {correct_prob!r}"
         )
-    n = targets.shape[0] if isinstance(targets, torch.Tensor) and targets.dim() > 0 else 1
+    if isinstance(targets, torch.Tensor) and targets.dim() != 1:
+        raise ValueError(f"targets must have shape (batch,), one class index per sample, got {tuple(targets.shape)}")
+    n = targets.shape[0] if isinstance(targets, torch.Tensor) else 1
     _check_targets(targets, n, num_classes)
     rest = math.log((1.0 - correct_prob) / (num_classes - 1))
     out = torch.full((n, num_classes), rest, dtype=torch.float32, device=targets.device)
@@ -60,8 +62,10 @@ def tf_kd_reg_loss(
     the student at ``T = 1``; we follow the paper's equation, which is the one a reader can derive.
     """
     t = check_temperature(temperature)
-    teacher = virtual_teacher_log_probs(targets, student_logits.shape[-1], correct_prob)
-    check_logits(student_logits, teacher)
+    # Check the student and the targets against each other first: the virtual teacher is built from the targets.
+    check_logits(student_logits, student_logits)
+    _check_targets(targets, student_logits.shape[0], student_logits.shape[1])
+    teacher = virtual_teacher_log_probs(targets, student_logits.shape[1], correct_prob)
     return kd_loss_from_log_probs(student_logits, F.log_softmax(teacher / t, dim=-1), t)
 
 

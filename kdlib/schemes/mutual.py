@@ -81,8 +81,6 @@ def mutual_learning(
     first, *others = named.values()
     term = MutualLearningTerm(others, temperature)
     run = fit(first, data, loss_terms=[term], **fit_kwargs)
-    for peer in named.values():
-        peer.eval()
     result = SchemeResult("mutual learning", config=dict(temperature=term.temperature, peers=len(named)))
     names = list(named)
     for i, (name, peer) in enumerate(named.items()):
