@@ -114,6 +114,13 @@ class Term(nn.Module):
                 value = value * (self._calls / self._warmup_steps)
         return value
 
+    # The warm-up position is part of the term's state_dict, so a resumed run (kdlib.checkpoint) continues the ramp.
+    def get_extra_state(self) -> dict[str, int]:
+        return {"calls": self._calls}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self._calls = int(state["calls"])
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weight={self.weight:g}"
 

@@ -7,20 +7,26 @@ reuse it by passing extra terms, so there is exactly one loop to get right.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import numbers
 import os
+import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdlib.data import UNLABELED, Batch, Dataset, Split, batches
+from kdlib.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from kdlib.data import UNLABELED, Augment, Batch, Dataset, Split
 from kdlib.device import DeviceLike, module_device, resolve
 from kdlib.losses import cross_entropy
 from kdlib.repro import seed_everything
@@ -31,6 +37,9 @@ ScheduleSpec = str | Callable[[int], float] | None
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULES = ("constant", "cosine", "multistep")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_ON_NONFINITE = ("raise", "rollback")
+MAX_ROLLBACKS = 3  # consecutive non-finite steps that on_nonfinite="rollback" skips before it gives up
+CHECKPOINT_FORMAT = "kdlib.fit/1"
 
 
 @runtime_checkable
@@ -63,6 +72,11 @@ class FitResult:
             set, as many papers do; quote it beside ``final_accuracy``).
         best_epoch: the epoch at which ``best_accuracy`` was reached.
         final_accuracy: test accuracy of the final weights.
+        train_seconds: total time of the training steps (over all sessions of a resumed run).
+        steps: the optimizer steps of the whole run.
+        config: the settings, as JSON-friendly values.
+        skipped_steps: steps whose batch ``on_nonfinite="rollback"`` skipped (empty otherwise).
+        resumed_from: the step of the checkpoint this call resumed from (0 for a fresh start).
     """
 
     history: list[dict[str, float]]
@@ -72,6 +86,8 @@ class FitResult:
     train_seconds: float
     steps: int
     config: dict[str, Any] = field(default_factory=dict)
+    skipped_steps: list[int] = field(default_factory=list)
+    resumed_from: int = 0
 
     def to_frame(self) -> Any:
         """The history as a :class:`pandas.DataFrame` (pandas is imported only here)."""
@@ -308,6 +324,10 @@ def fit(
     grad_clip: float | None = None,
     progress: bool | None = None,
     desc: str = "fit",
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    on_nonfinite: str = "raise",
 ) -> FitResult:
     """Train ``model`` on ``data.train`` and evaluate on ``data.test``.
 
@@ -341,6 +361,23 @@ def fit(
         progress: show a tqdm bar; ``None`` shows it only at an interactive terminal (never in CI or
             notebooks) unless ``KDLIB_PROGRESS`` says otherwise.
         desc: label of the progress bar.
+        checkpoint: a file to save the complete training state to (atomically, with a SHA-256 sidecar; see
+            :mod:`kdlib.checkpoint`): model, optimizer, LR schedule, gradient scaler, the state of loss terms
+            that are modules (adapters, CRD memory), every RNG, the batch order and the position inside the
+            current epoch, the running averages, the history and the time so far. Saved every
+            ``checkpoint_every`` steps and after the last step.
+        checkpoint_every: steps between checkpoints; default once per epoch. Needs ``checkpoint``.
+        resume: continue from ``checkpoint`` if the file exists (start afresh if it does not). The checkpoint
+            must come from a call with the same settings, model architecture, data and loss terms (a
+            ``CheckpointError`` names what differs). On CPU a resumed run gives bit-identical weights, history
+            and results to an uninterrupted one, timings excepted. With ``resume=False`` an existing file is
+            overwritten.
+        on_nonfinite: what a step with a NaN/infinite loss does. ``"raise"`` (default) raises
+            ``FloatingPointError``. ``"rollback"`` also checks the gradients, and on a non-finite loss or
+            gradient restores the model, optimizer, schedule, scaler and loss-term state of the start of the
+            step and skips that batch (the step still counts, so the schedule stays aligned, as when AMP
+            skips a step); it keeps one copy of that state in memory, refreshed every step. After
+            ``MAX_ROLLBACKS`` (3) consecutive rollbacks, the next non-finite step raises.
 
     Returns:
         A :class:`FitResult`.
@@ -348,6 +385,7 @@ def fit(
     Raises:
         ValueError: bad settings, or a model whose outputs do not match the dataset.
         FloatingPointError: the loss became NaN or infinite (the message names the step and the term).
+        kdlib.checkpoint.CheckpointError: a checkpoint to resume from is corrupt, unsafe or from another run.
     """
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs= or steps=")
@@ -361,6 +399,15 @@ def fit(
         raise ValueError(f"ce_weight must be >= 0, got {ce_weight}")
     if not isinstance(data, Dataset):
         raise TypeError(f"data must be a kdlib.data.Dataset, got {type(data).__name__}")
+    if on_nonfinite not in _ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be 'raise' or 'rollback', got {on_nonfinite!r}")
+    ckpt_path = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
+    # NumPy scalars (a learning rate from np.logspace, say) would end up in the optimizer's and the history's
+    # state, which a weights_only checkpoint cannot hold; as Python floats they give the same arithmetic.
+    lr, weight_decay, momentum, gamma = (
+        float(v) if isinstance(v, numbers.Real) else v for v in (lr, weight_decay, momentum, gamma)
+    )
+    batch_size = int(batch_size) if isinstance(batch_size, numbers.Integral) else batch_size
 
     dev = module_device(model) if device is None else resolve(device)
     model.to(dev)
@@ -373,7 +420,8 @@ def fit(
     generator = seed_everything(seed)
     steps_per_epoch = math.ceil(len(data.train) / batch_size)
     total_steps = count_steps(len(data.train), epochs=epochs, steps=steps, batch_size=batch_size)
-    eval_every = eval_every or steps_per_epoch
+    eval_every_arg, eval_every = eval_every, eval_every or steps_per_epoch
+    save_every = checkpoint_every or steps_per_epoch
 
     term_modules = [t for t in loss_terms if isinstance(t, nn.Module)]
     for term in term_modules:
@@ -387,20 +435,35 @@ def fit(
         opt, lr_factor(schedule, total_steps, steps_per_epoch, milestones, gamma)
     )
     scaler = torch.amp.GradScaler(dev.type) if amp == "fp16" else None
+    parts = _Parts(model, opt, sched, scaler, term_modules)
+    stream = _BatchStream(data.train, batch_size, generator, data.augment)
+    loop = _Loop(_Running([t.name for t in loss_terms]))
 
-    def batch_stream():
-        while True:
-            yield from batches(data.train, batch_size, shuffle=True, generator=generator, augment=data.augment)
+    fingerprint: dict[str, Any] = {}
+    start_step = 0
+    if ckpt_path is not None:
+        fingerprint = _fingerprint(
+            model, data, loss_terms,
+            epochs=epochs, steps=steps, batch_size=batch_size, optimizer=_stable_repr(optimizer), lr=lr,
+            weight_decay=weight_decay, momentum=momentum, schedule=_stable_repr(schedule),
+            milestones=[int(m) for m in milestones], gamma=gamma, seed=seed, amp=amp, ce_weight=ce_weight,
+            label_smoothing=label_smoothing, eval_every=eval_every_arg, grad_clip=grad_clip, on_nonfinite=on_nonfinite,
+        )
+        if resume and ckpt_path.exists():
+            state = load_checkpoint(ckpt_path, map_location="cpu")
+            _check_resumable(state, fingerprint, ckpt_path)
+            parts.load_state_dict(state)
+            stream.load_state_dict(state["stream"])
+            loop.load_state_dict(state)
+            restore_rng_state(state["rng"])  # last: nothing may draw random numbers between this and step 1
+            start_step = int(state["step"])
 
-    history: list[dict[str, float]] = []
-    running = _Running([t.name for t in loss_terms])
-    train_seconds = 0.0
     model.train()
-    bar = tqdm(total=total_steps, desc=desc, disable=not _progress_enabled(progress), leave=False)
-    stream = batch_stream()
-    for step in range(1, total_steps + 1):
+    bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not _progress_enabled(progress), leave=False)
+    for step in range(start_step + 1, total_steps + 1):
+        snapshot = parts.snapshot() if on_nonfinite == "rollback" else None
         start = time.perf_counter()
-        batch = next(stream)
+        batch = stream.next()
         with _autocast(dev, amp):
             logits = model(batch.x)
             ce = cross_entropy(logits, batch.y, label_smoothing, ignore) if ce_weight > 0 else logits.new_zeros(())
@@ -409,50 +472,306 @@ def fit(
             for term, value in zip(loss_terms, term_values):
                 loss = loss + term.weight * value.float()
         loss_value = float(loss.detach())
+        problem = None
         if not math.isfinite(loss_value):
-            raise FloatingPointError(_nonfinite_message(step, ce, loss_terms, term_values))
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
+            problem = _nonfinite_message(step, ce, loss_terms, term_values)
         else:
-            loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip is not None else None
+            if snapshot is not None and scaler is None:  # with fp16, the scaler itself skips inf gradients
+                norm = norm if norm is not None else _grad_norm(params)
+                if not math.isfinite(float(norm)):
+                    problem = (
+                        f"gradients became non-finite at step {step} (norm {float(norm):.4g}) although the loss "
+                        f"{loss_value:.4g} was finite. Lower the learning rate, set grad_clip=, or check the inputs."
+                    )
+        if problem is not None:
+            if snapshot is None:
+                raise FloatingPointError(problem)
+            if loop.consecutive >= MAX_ROLLBACKS:
+                raise FloatingPointError(
+                    f"{problem} on_nonfinite='rollback' gave up after {MAX_ROLLBACKS} consecutive rollbacks (it "
+                    f"skipped steps {step - MAX_ROLLBACKS}-{step - 1} too): skipping batches does not cure this run."
+                )
+            loop.consecutive += 1
+            loop.skipped.append(step)
+            parts.restore(snapshot)
+            opt.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():  # the first step may be skipped before any optimizer step
+                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"), UserWarning)
+                sched.step()  # the skipped step still counts: the schedule stays aligned with the step number
         else:
-            opt.step()
-        sched.step()
-        train_seconds += time.perf_counter() - start
-        running.add(loss_value, logits.detach(), batch.y, term_values)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            sched.step()
+            loop.consecutive = 0
+        loop.train_seconds += time.perf_counter() - start
+        if problem is None:
+            loop.running.add(loss_value, logits.detach(), batch.y, term_values)
         bar.update(1)
         if step % eval_every == 0 or step == total_steps:
             record = {"epoch": round(step / steps_per_epoch, 4), "step": step, "lr": opt.param_groups[0]["lr"]}
-            record.update(running.summary())
+            record.update(loop.running.summary())
             test = evaluate(model, data.test, amp=amp)
-            record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], train_seconds=train_seconds)
-            history.append(record)
+            record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], train_seconds=loop.train_seconds)
+            loop.history.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{test['accuracy']:.3f}")
-            running = _Running([t.name for t in loss_terms])
+            loop.running = _Running([t.name for t in loss_terms])
             model.train()
+        if ckpt_path is not None and (step % save_every == 0 or step == total_steps):
+            save_checkpoint(
+                ckpt_path,
+                {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step, **parts.state_dict(),
+                 "stream": stream.state_dict(), "rng": capture_rng_state(), **loop.state_dict()},
+            )
     bar.close()
 
+    history = loop.history
     best = max(history, key=lambda r: r["test_accuracy"])
     return FitResult(
         history=history,
         best_accuracy=best["test_accuracy"],
         best_epoch=best["epoch"],
         final_accuracy=history[-1]["test_accuracy"],
-        train_seconds=train_seconds,
+        train_seconds=loop.train_seconds,
         steps=total_steps,
         config=dict(
             epochs=epochs, steps=steps, batch_size=batch_size, optimizer=_describe(optimizer), lr=lr,
             weight_decay=weight_decay, schedule=_describe(schedule), seed=seed, device=str(dev), amp=amp,
             ce_weight=ce_weight, label_smoothing=label_smoothing, terms=[(t.name, t.weight) for t in loss_terms],
         ),
+        skipped_steps=list(loop.skipped),
+        resumed_from=start_step,
     )
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+class ResumeMismatchError(CheckpointError):
+    """``fit(..., resume=True)`` found a checkpoint written by a run with other settings, model, data or terms."""
+
+
+def _check_checkpoint_args(checkpoint: object, checkpoint_every: object, resume: object) -> Path | None:
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if checkpoint is None:
+        if checkpoint_every is not None:
+            raise ValueError("checkpoint_every= needs checkpoint=<file path> to save to")
+        if resume:
+            raise ValueError("resume=True needs checkpoint=<file path> to resume from")
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got {type(checkpoint).__name__}")
+    if checkpoint_every is not None and (
+        isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1
+    ):
+        raise ValueError(f"checkpoint_every must be a positive int (steps), got {checkpoint_every!r}")
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint={str(path)!r} is a directory; give a file name such as {path / 'last.pt'}")
+    return path
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _stable_repr(obj: object) -> str | None:
+    """``repr(obj)`` without memory addresses (``<function f at 0x7f..>`` -> ``<function f>``), the same in
+    every process; ``None`` and strings as they are."""
+    if obj is None or isinstance(obj, str):
+        return obj
+    return _ADDRESS.sub("", repr(obj))
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(model: nn.Module, data: Dataset, loss_terms: Sequence[LossTerm], **settings: Any) -> dict[str, Any]:
+    """What must be equal for a checkpoint to continue a run: every setting of the trajectory, the model's
+    architecture (its repr and tensor shapes), the data (sizes and a hash of its contents) and the loss terms.
+    Excluded on purpose: ``device``, ``progress``, ``desc`` and ``checkpoint_every``."""
+    shapes = ";".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items())
+    train, test = data.train, data.test
+    return {
+        **{k: _plain(v) for k, v in settings.items()},
+        "model": f"{type(model).__name__} with {sum(p.numel() for p in model.parameters())} parameters",
+        "model_architecture": hashlib.sha256((_stable_repr(model) + shapes).encode()).hexdigest()[:16],
+        "data": f"{data.name}: {len(train)} train / {len(test)} test samples of shape {data.input_shape}, "
+        f"{data.num_classes} classes",
+        "data_contents": _digest(train.x, train.y, test.x, test.y),
+        "augment": _stable_repr(data.augment),
+        "loss_terms": [f"{t.name} (weight {t.weight!r}): {_stable_repr(t)}" for t in loss_terms],
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A setting as a value ``torch.load(weights_only=True)`` accepts: numbers (NumPy's too) as Python numbers,
+    sequences as lists, anything else as its stable repr."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return _stable_repr(value)
+
+
+def _check_resumable(state: dict[str, Any], fingerprint: dict[str, Any], path: Path) -> None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a checkpoint of kdlib.train.fit (format {state.get('format')!r}, expected "
+            f"{CHECKPOINT_FORMAT!r}); pass another checkpoint= path, or resume=False to overwrite it"
+        )
+    saved = state.get("fingerprint", {})
+    missing = object()
+    differ = [k for k in [*fingerprint, *(k for k in saved if k not in fingerprint)]
+              if saved.get(k, missing) != fingerprint.get(k, missing)]
+    if differ:
+        shown = "; ".join(f"{k}: {saved.get(k, '(absent)')!r} in the checkpoint, {fingerprint.get(k, '(absent)')!r} "
+                          "in this call" for k in differ[:4])
+        more = f" (and {len(differ) - 4} more: {', '.join(differ[4:])})" if len(differ) > 4 else ""
+        raise ResumeMismatchError(
+            f"cannot resume from {path}: it was written by a run with different settings, so continuing it would "
+            f"not reproduce either run. {len(differ)} setting(s) differ: {shown}{more}. Call fit with the same "
+            "settings, or start afresh with resume=False (which overwrites the file) or another checkpoint= path"
+        )
+
+
+def _clone(obj: Any) -> Any:
+    """A deep copy of tensors inside dicts, lists and tuples (other values are immutable here)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        out = type(obj)((k, _clone(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module's state_dict keeps its version metadata
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
+
+
+def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+@dataclass
+class _Parts:
+    """The objects whose state a step changes: model, optimizer, schedule, gradient scaler, loss-term modules."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    terms: list[nn.Module]
+
+    def state_dict(self) -> dict[str, Any]:
+        sched = dict(self.sched.state_dict())
+        sched.pop("lr_lambdas", None)  # the schedule itself is code: rebuilt from the call's arguments
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": sched,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "terms": [t.state_dict() for t in self.terms],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(self.sched.lr_lambdas)})
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        for term, term_state in zip(self.terms, state["terms"], strict=True):
+            term.load_state_dict(term_state)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the state (tensors cloned), for :meth:`restore` after a non-finite step."""
+        return _clone(self.state_dict())
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.load_state_dict(_clone(snapshot))
+
+
+class _BatchStream:
+    """Shuffled training batches, epoch after epoch, that can be saved and resumed in the middle of an epoch.
+
+    Draws exactly what ``kdlib.data.batches(split, batch_size, shuffle=True, generator=g, augment=a)`` draws
+    epoch after epoch: a permutation from ``g`` when an epoch starts, then per batch whatever ``augment`` draws
+    from ``g``. Its state is the generator's state, the current epoch's permutation and the position in it.
+    """
+
+    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, augment: Augment | None) -> None:
+        self.split, self.batch_size, self.generator, self.augment = split, batch_size, generator, augment
+        self.order: torch.Tensor | None = None
+        self.pos = 0
+
+    def next(self) -> Batch:
+        n = len(self.split)
+        if self.order is None or self.pos >= n:
+            order = torch.randperm(n, generator=self.generator, device=self.generator.device)
+            self.order, self.pos = order.to(self.split.device), 0
+        index = self.order[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        x = self.split.x[index]
+        if self.augment is not None:
+            x = self.augment(x, self.generator)
+        return Batch(x, self.split.y[index], index)
+
+    def state_dict(self) -> dict[str, Any]:
+        order = None if self.order is None else self.order.cpu()
+        return {"generator": self.generator.get_state(), "order": order, "pos": int(self.pos)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = None if state["order"] is None else state["order"].to(self.split.device)
+        self.pos = int(state["pos"])
+
+
+@dataclass
+class _Loop:
+    """The loop's own bookkeeping: running averages, history, time, and the rollback counters."""
+
+    running: _Running
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    skipped: list[int] = field(default_factory=list)
+    consecutive: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "running": self.running.state_dict(),
+            "history": [dict(r) for r in self.history],
+            "train_seconds": self.train_seconds,
+            "skipped_steps": list(self.skipped),
+            "consecutive_rollbacks": self.consecutive,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.running.load_state_dict(state["running"])
+        self.history = [dict(r) for r in state["history"]]
+        self.train_seconds = float(state["train_seconds"])
+        self.skipped = [int(s) for s in state["skipped_steps"]]
+        self.consecutive = int(state["consecutive_rollbacks"])
 
 
 def _describe(spec: object) -> object:
@@ -482,9 +801,21 @@ class _Running:
 
     def summary(self) -> dict[str, float]:
         accuracy = self.correct / self.seen if self.seen else float("nan")
-        out = {"train_loss": self.loss / self.batches, "train_accuracy": accuracy}
-        out.update({f"loss/{n}": v / self.batches for n, v in zip(self.names, self.terms)})
+        count = self.batches or float("nan")  # every batch since the last evaluation was skipped (rollback)
+        out = {"train_loss": self.loss / count, "train_accuracy": accuracy}
+        out.update({f"loss/{n}": v / count for n, v in zip(self.names, self.terms)})
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "correct": self.correct, "seen": self.seen, "batches": self.batches,
+                "terms": list(self.terms)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["terms"]) != len(self.names):
+            raise CheckpointError(f"the checkpoint logs {len(state['terms'])} loss terms, this run {len(self.names)}")
+        self.loss, self.correct = float(state["loss"]), float(state["correct"])
+        self.seen, self.batches = int(state["seen"]), int(state["batches"])
+        self.terms = [float(v) for v in state["terms"]]
 
 
 def _nonfinite_message(step: int, ce: torch.Tensor, terms: Sequence[LossTerm], values: list[torch.Tensor]) -> str:

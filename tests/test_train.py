@@ -6,7 +6,7 @@ from torch import nn
 
 from kdlib.data import Dataset, Split
 from kdlib.train import FitResult, evaluate, fit, lr_factor, predict
-from tiny import blobs, mlp
+from tiny import blobs, mlp, snapshot
 
 
 def test_fit_learns_and_returns_history_as_data():
@@ -182,3 +182,128 @@ def test_agreement_counts_matching_top1_predictions():
 
     assert agreement(Constant(0), Constant(0), data.test) == 1.0
     assert agreement(Constant(0), Constant(1), data.test) == 0.0
+
+
+# ------------------------------------------------------------------------ on_nonfinite, checkpoint arguments
+
+
+class NaNAt:
+    """A loss term that is 0 except on the listed steps (or every step), where it is NaN."""
+
+    name = "boom"
+    weight = 1.0
+
+    def __init__(self, steps=None):
+        self.steps, self.calls = steps, 0
+
+    def __call__(self, batch, logits):
+        self.calls += 1
+        bad = self.steps is None or self.calls in self.steps
+        return logits.sum() * (float("nan") if bad else 0.0)
+
+
+def test_rollback_skips_a_non_finite_step_and_finishes_with_finite_weights():
+    model = mlp()
+    result = fit(model, blobs(), epochs=5, batch_size=16, lr=1e-2, loss_terms=[NaNAt({5})], on_nonfinite="rollback")
+    assert result.skipped_steps == [5] and result.steps == 30
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+    assert result.final_accuracy > 0.9
+    assert result.history[-1]["lr"] == 0.0  # the skipped step counted: the cosine schedule still ends at 0
+
+
+def test_rollback_gives_up_after_three_consecutive_rollbacks_naming_the_step_and_term():
+    model = mlp()
+    start = snapshot(model)
+    with pytest.raises(FloatingPointError, match=r"step 4 \(boom=nan.*gave up after 3 consecutive rollbacks"):
+        fit(model, blobs(), epochs=1, batch_size=16, loss_terms=[NaNAt()], on_nonfinite="rollback")
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())  # every step was rolled back
+    # three non-consecutive bad steps are fine
+    result = fit(mlp(), blobs(), epochs=2, batch_size=16, loss_terms=[NaNAt({2, 3, 4, 6, 7, 8})], on_nonfinite="rollback")
+    assert result.skipped_steps == [2, 3, 4, 6, 7, 8]
+
+
+def test_raise_is_still_the_default_and_raises_at_the_first_non_finite_step():
+    for kwargs in ({}, {"on_nonfinite": "raise"}):
+        with pytest.raises(FloatingPointError, match=r"step 2 \(boom=nan"):
+            fit(mlp(), blobs(), epochs=1, batch_size=16, loss_terms=[NaNAt({2})], **kwargs)
+
+
+def test_rollback_restores_term_state_changed_in_the_bad_step_and_catches_non_finite_gradients():
+    class Memory(nn.Module):
+        """Like CRD's memory bank: a buffer the forward pass updates; poisoned on step 3."""
+
+        name = "memory"
+        weight = 1.0
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("bank", torch.zeros(3))
+            self.calls = 0
+
+        def forward(self, batch, logits):
+            self.calls += 1
+            self.bank += float("nan") if self.calls == 3 else 1.0
+            return logits.new_zeros(()) + self.bank.sum() * 0
+
+    class NaNGradient:
+        """Finite value (0) but a NaN gradient (d sqrt(|x|)/dx at 0) on step 6."""
+
+        name = "sqrt"
+        weight = 1.0
+        calls = 0
+
+        def __call__(self, batch, logits):
+            self.calls += 1
+            if self.calls == 6:
+                return (logits - logits.detach()).abs().sqrt().sum()
+            return logits.new_zeros(())
+
+    memory = Memory()
+    model = mlp()
+    result = fit(model, blobs(), epochs=2, batch_size=16, loss_terms=[memory, NaNGradient()], on_nonfinite="rollback")
+    assert result.skipped_steps == [3, 6]
+    assert torch.equal(memory.bank, torch.full((3,), 10.0))  # 12 steps, 2 rolled back: 10 increments
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checkpoint_arguments_are_checked(tmp_path):
+    data = blobs()
+    with pytest.raises(ValueError, match="on_nonfinite must be 'raise' or 'rollback'"):
+        fit(mlp(), data, epochs=1, on_nonfinite="skip")
+    with pytest.raises(ValueError, match="checkpoint_every= needs checkpoint="):
+        fit(mlp(), data, epochs=1, checkpoint_every=2)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint="):
+        fit(mlp(), data, epochs=1, resume=True)
+    with pytest.raises(ValueError, match="checkpoint_every must be a positive int"):
+        fit(mlp(), data, epochs=1, checkpoint=tmp_path / "c.pt", checkpoint_every=0)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        fit(mlp(), data, epochs=1, checkpoint=tmp_path)
+    with pytest.raises(TypeError, match="resume must be True or False"):
+        fit(mlp(), data, epochs=1, checkpoint=tmp_path / "c.pt", resume="yes")
+
+
+def test_checkpoints_do_not_change_the_run(tmp_path):
+    a, b = mlp(), mlp()
+    plain = fit(a, blobs(), epochs=2, batch_size=16, seed=1)
+    saved = fit(b, blobs(), epochs=2, batch_size=16, seed=1, checkpoint=tmp_path / "c.pt", checkpoint_every=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    drop = lambda h: [{k: v for k, v in r.items() if k != "train_seconds"} for r in h]  # noqa: E731
+    assert drop(plain.history) == drop(saved.history) and saved.resumed_from == 0
+
+
+def test_the_resumable_batch_stream_draws_what_batches_draws():
+    from kdlib.data import RandomShift, batches
+    from kdlib.train import _BatchStream
+
+    split, shift = blobs().train, RandomShift(2)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    stream = _BatchStream(split, 20, g1, shift)
+    expected = [b for _ in range(3) for b in batches(split, 20, shuffle=True, generator=g2, augment=shift)]
+    for i, want in enumerate(expected):
+        if i == 7:  # save and restore mid-epoch into a fresh stream
+            state = stream.state_dict()
+            stream = _BatchStream(split, 20, torch.Generator(), shift)
+            stream.load_state_dict(state)
+        got = stream.next()
+        assert torch.equal(got.index, want.index) and torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
