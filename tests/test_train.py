@@ -294,7 +294,7 @@ def test_checkpoints_do_not_change_the_run(tmp_path):
 
 def test_the_resumable_batch_stream_draws_what_batches_draws():
     from kdlib.data import RandomShift, batches
-    from kdlib.train import _BatchStream
+    from kdlib.run_state import _BatchStream
 
     split, shift = blobs().train, RandomShift(2)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
