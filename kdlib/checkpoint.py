@@ -24,6 +24,7 @@ import hashlib
 import os
 import pickle
 import random
+import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -294,7 +295,7 @@ def load_checkpoint(
             raise UnsafeCheckpointError(
                 f"kdlib will not load {target}: it contains pickled Python objects other than tensors and plain "
                 "containers, and unpickling such objects can execute arbitrary code. torch.load(weights_only=True) "
-                f"refused it ({_first_line(err)}). Save only state_dicts, tensors, numbers and strings; load a "
+                f"refused it: {_refusal(err)} Save only state_dicts, tensors, numbers and strings; load a "
                 "file you fully trust with torch.load yourself"
             ) from err
         except (RuntimeError, EOFError, OSError, ValueError) as err:
@@ -302,6 +303,14 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise CheckpointError(f"{target} holds a {type(state).__name__}, not the dict a kdlib checkpoint is")
     return state
+
+
+def _refusal(err: BaseException) -> str:
+    """The line of torch's weights_only error that names the refused object (e.g. "Unsupported global: GLOBAL
+    builtins.print"), without the terminal colour codes torch puts in it."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+    named = [line for line in lines if "Unsupported global" in line or "Unsupported operand" in line]
+    return named[0] if named else next((line for line in lines if line), type(err).__name__)
 
 
 def _first_line(err: BaseException) -> str:
