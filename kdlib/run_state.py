@@ -9,6 +9,7 @@ bit-identical to an uninterrupted one. :func:`_fingerprint` records what must no
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
 import os
 import re
@@ -244,7 +245,7 @@ class _Loop:
 
 
 class _Running:
-    """Running means of the loss, the accuracy and each term over the batches since the last evaluation."""
+    """Running means of the loss, the accuracy, each term and the gradient norm since the last evaluation."""
 
     def __init__(self, term_names: list[str]) -> None:
         self.names = term_names
@@ -253,6 +254,15 @@ class _Running:
         self.seen = 0
         self.batches = 0
         self.terms = [0.0] * len(term_names)
+        self.grad_total = 0.0
+        self.grad_count = 0
+
+    def add_grad_norm(self, norm: torch.Tensor | float) -> None:
+        """Count an applied step's global gradient norm; a non-finite one (a step the fp16 scaler skips) is left out."""
+        value = float(norm)
+        if math.isfinite(value):
+            self.grad_total += value
+            self.grad_count += 1
 
     def add(self, loss: float, logits: torch.Tensor, y: torch.Tensor, terms: list[torch.Tensor]) -> None:
         self.loss += loss
@@ -268,11 +278,12 @@ class _Running:
         count = self.batches or float("nan")  # every batch since the last evaluation was skipped (rollback)
         out = {"train_loss": self.loss / count, "train_accuracy": accuracy}
         out.update({f"loss/{n}": v / count for n, v in zip(self.names, self.terms)})
+        out["grad_norm"] = self.grad_total / self.grad_count if self.grad_count else float("nan")
         return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"loss": self.loss, "correct": self.correct, "seen": self.seen, "batches": self.batches,
-                "terms": list(self.terms)}
+                "terms": list(self.terms), "grad_total": self.grad_total, "grad_count": self.grad_count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["terms"]) != len(self.names):
@@ -280,3 +291,4 @@ class _Running:
         self.loss, self.correct = float(state["loss"]), float(state["correct"])
         self.seen, self.batches = int(state["seen"]), int(state["batches"])
         self.terms = [float(v) for v in state["terms"]]
+        self.grad_total, self.grad_count = float(state.get("grad_total", 0.0)), int(state.get("grad_count", 0))

@@ -77,7 +77,9 @@ class FitResult:
         history: one dict per evaluation with keys ``epoch``, ``step``, ``lr``, ``train_loss``,
             ``train_accuracy`` (running, over the batches since the previous evaluation), ``test_loss``,
             ``test_accuracy``, ``train_seconds`` (cumulative time of the training steps, batch drawing
-            included, evaluation excluded) and ``loss/<term>`` for each loss term.
+            included, evaluation excluded), ``grad_norm`` (mean global L2 norm of the gradients, before
+            clipping, over the applied steps since the previous evaluation; steps with a non-finite norm,
+            which rollback or the fp16 scaler skip, are left out) and ``loss/<term>`` for each loss term.
         best_accuracy: highest test accuracy over all evaluations (optimistic: it selects on the test
             set, as many papers do; quote it beside ``final_accuracy``).
         best_epoch: the epoch at which ``best_accuracy`` was reached.
@@ -367,7 +369,8 @@ def fit(
         loss_terms: extra :class:`LossTerm` s (distillation, regularizers).
         eval_every: evaluate every this many steps; default once per epoch. The final weights are always
             evaluated.
-        grad_clip: if set, clip the global gradient norm to this value.
+        grad_clip: if set, clip the global gradient norm to this value. The history's ``grad_norm`` is
+            the norm before clipping, so it shows how often and how hard clipping acts.
         progress: show a tqdm bar; ``None`` shows it only at an interactive terminal (never in CI or
             notebooks) unless ``KDLIB_PROGRESS`` says otherwise.
         desc: label of the progress bar.
@@ -516,6 +519,7 @@ def fit(
                 warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"), UserWarning)
                 sched.step()  # the skipped step still counts: the schedule stays aligned with the step number
         else:
+            loop.running.add_grad_norm(norm if norm is not None else _grad_norm(params))  # as clipping saw them
             if scaler is not None:
                 scaler.step(opt)
                 scaler.update()

@@ -307,3 +307,34 @@ def test_the_resumable_batch_stream_draws_what_batches_draws():
             stream.load_state_dict(state)
         got = stream.next()
         assert torch.equal(got.index, want.index) and torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
+
+
+def test_history_records_the_mean_gradient_norm_before_clipping():
+    def run(grad_clip):
+        model, seen = mlp(), []
+
+        def hook(module, args):  # at step t's forward, p.grad still holds step t-1's (clipped) gradients
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            if module.training and grads:
+                seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+        model.register_forward_pre_hook(hook)
+        result = fit(model, blobs(), steps=12, batch_size=16, lr=0.05, optimizer="sgd", eval_every=1,
+                     grad_clip=grad_clip)
+        return [r["grad_norm"] for r in result.history], seen
+
+    logged, seen = run(None)
+    assert len(logged) == 12 and len(seen) == 11
+    assert logged[:-1] == pytest.approx(seen, rel=1e-5)  # eval_every=1: each record is one step's norm
+    clipped_logged, clipped_seen = run(1e-3)
+    assert clipped_logged[0] == pytest.approx(logged[0], rel=1e-6)  # same first step, norm before clipping
+    assert min(clipped_logged) > 1e-3 and max(clipped_seen) <= 1e-3 * (1 + 1e-4)
+    # the mean over a window of steps, here one epoch of 6 steps
+    per_epoch = fit(mlp(), blobs(), epochs=2, batch_size=16, lr=0.05, optimizer="sgd")
+    assert per_epoch.history[0]["grad_norm"] == pytest.approx(sum(logged[:6]) / 6, rel=1e-5)
+
+
+def test_grad_norm_leaves_out_rolled_back_steps():
+    result = fit(mlp(), blobs(), epochs=2, batch_size=16, loss_terms=[NaNAt({2, 8})], on_nonfinite="rollback")
+    assert result.skipped_steps == [2, 8]
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in result.history)
