@@ -41,3 +41,35 @@ def test_cifar100_recipe_runs_teacher_then_student(tmp_path):
     assert record["method"] == "dkd" and record["config"]["optimizer"] == "sgd"
     assert record["overrides"] == {"beta": 2.0}  # mdistiller's DKD config for this pair
     assert record["config"]["batch_size"] == 64 and 0 <= record["final_accuracy"] <= 1
+
+
+def test_seed_variance_smoke(tmp_path):
+    out = tmp_path / "seed_variance.json"
+    run_script("benchmarks/seed_variance.py", "--smoke", "--seeds", "2", "--fashion-seeds", "2", "--workers", "1",
+               "--out", str(out))
+    result = json.loads(out.read_text())
+    runs = {(r["pair"], r["arm"], r["seed"]): r for r in result["results"]}
+    arms = {"mnist1d": ("init", "order", "alone", "kd", "kd_transfer"), "fashion": ("alone", "kd")}
+    assert set(runs) == {(p, a, s) for p, names in arms.items() for a in names for s in (0, 1)}
+    assert (runs[("mnist1d", "init", 1)]["init_seed"], runs[("mnist1d", "init", 1)]["order_seed"]) == (1, 0)
+    assert (runs[("mnist1d", "order", 1)]["init_seed"], runs[("mnist1d", "order", 1)]["order_seed"]) == (0, 1)
+    # The (init 0, order 0) run is repeated in three arms and must reproduce exactly.
+    assert runs[("mnist1d", "init", 0)]["predictions"] == runs[("mnist1d", "alone", 0)]["predictions"]
+    for (pair, _, _), r in runs.items():
+        labels = result["protocol"][pair]["test_labels"]
+        assert len(r["predictions"]) == len(labels) == len(result["protocol"][pair]["teacher_predictions"])
+        assert abs(r["accuracy"] - sum(p == y for p, y in zip(r["predictions"], labels)) / len(labels)) < 1e-6
+    assert result["smoke"] is True and result["machine"]["threads_per_run"] == 1
+    assert not out.with_suffix(".partial.jsonl").exists()
+
+
+def test_schemes_smoke(tmp_path):
+    out = tmp_path / "schemes.json"
+    run_script("benchmarks/schemes.py", "--smoke", "--seeds", "1", "--workers", "1", "--pairs", "mnist1d",
+               "--groups", "self", "multi", "--out", str(out))
+    result = json.loads(out.read_text())
+    arms = {r["arm"] for r in result["results"]}
+    assert {"alone", "born-again 3", "born-again ensemble", "Tf-KD reg", "defective teacher"} <= arms
+    assert {"single 0", "ensemble confidence", "2 good + 1 weak, mean"} <= arms
+    assert all(0 <= r["accuracy"] <= 1 for r in result["results"]) and result["smoke"] is True
+    assert {s["name"] for s in result["shared"]} >= {"teacher0", "teacher1", "teacher2", "weak", "early"}
