@@ -73,3 +73,37 @@ def test_schemes_smoke(tmp_path):
     assert {"single 0", "ensemble confidence", "2 good + 1 weak, mean"} <= arms
     assert all(0 <= r["accuracy"] <= 1 for r in result["results"]) and result["smoke"] is True
     assert {s["name"] for s in result["shared"]} >= {"teacher0", "teacher1", "teacher2", "weak", "early"}
+
+
+def test_prune_curves_smoke(tmp_path):
+    out = tmp_path / "prune_curves.json"
+    run_script("benchmarks/prune_curves.py", "--smoke", "--seeds", "2", "--han-seeds", "1", "--curve-seeds", "1",
+               "--workers", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    runs = {(r["task"], r["seed"]): r for r in result["results"]}
+    assert set(runs) == {("lottery", 0), ("lottery", 1), ("han", 0), ("curves", 0)}
+    for seed in (0, 1):  # the ticket and both controls end at the same overall sparsity
+        lot = runs[("lottery", seed)]
+        assert abs(lot["sparsity"] - 0.9) < 1e-6 and abs(lot["random_sparsity"] - lot["sparsity"]) < 1e-3
+        assert abs(lot["reinit_sparsity"] - lot["sparsity"]) < 1e-6 and lot["rounds"][0]["sparsity"] == 0
+    assert abs(runs[("han", 0)]["sparsity"] - 0.92) < 1e-6
+    arms = {p["arm"] for p in runs[("curves", 0)]["points"]}
+    assert arms == {"global one-shot", "layerwise one-shot", "global iterative", "global one-shot KD",
+                    "global, no fine-tune"}
+    assert all(0 <= p["accuracy"] <= 1 for p in runs[("curves", 0)]["points"])
+    assert result["smoke"] is True and result["machine"]["threads_per_run"] == 1
+    assert not out.with_suffix(".partial.jsonl").exists()
+
+
+def test_prune_speedup_smoke(tmp_path):
+    out = tmp_path / "prune_speedup.json"
+    run_script("benchmarks/prune_speedup.py", "--smoke", "--seeds", "1", "--no-ce", "--ratios", "0.5",
+               "--threads", "1", "--batches", "64", "1", "--train-threads", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    (row,) = result["pruning"]
+    assert row["ratio"] == 0.5 and 0.2 < row["flops_ratio"] < 0.3 and len(row["kd"]) == 1 and "ce_mean" not in row
+    assert result["masked"]["flops"] == result["dense"]["flops"]  # masks keep dense shapes
+    variants = {(r["variant"], r["batch_size"]) for r in result["latency"]}
+    assert variants == {(v, b) for v in ("dense", "masked", "pruned_0.5") for b in (64, 1)}
+    assert all(r["threads"] == 1 and r["median_ms"] > 0 for r in result["latency"])
+    assert result["smoke"] is True and result["targets"][0]["speedup_target"] == 1.6

@@ -1,0 +1,39 @@
+"""Chapter 9, "Structured pruning and real speed": the notebook runs in smoke mode (reading the committed
+benchmark results), its glued numbers are consistent, and the checked cells match the full run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from notebook_support import NOTEBOOKS, nbval_smoke, run_smoke
+
+NOTEBOOK = NOTEBOOKS / "09_structured_pruning.ipynb"
+RESULTS = NOTEBOOKS.parent / "benchmarks" / "results" / "prune_speedup.json"
+
+
+def test_structured_pruning_smoke(tmp_path):
+    _, g = run_smoke(NOTEBOOK, tmp_path)
+    # Live part: the from-scratch chain pruner agrees with Torch-Pruning; masks keep the FLOPs, channels do not.
+    assert g["live_chain_maxdiff"] < 1e-5
+    assert 40 < g["live_flops_pct"] < 60 and g["live_mask_speedup"] > 0 and g["live_pruned_speedup"] > 0
+    for name in ("live_dense_acc", "live_pruned_acc", "live_kd_acc", "live_ce_acc"):
+        assert 0 <= g[name] <= 100
+    # Benchmark part: glued numbers are the committed JSON's.
+    bench = json.loads(RESULTS.read_text())
+    assert bench["smoke"] is False and g["b_seeds"] == bench["protocol"]["seeds"] >= 3
+    for tag, row in (("lo", bench["pruning"][0]), ("hi", bench["pruning"][-1])):
+        assert g[f"b_{tag}_flops_removed"] == pytest.approx(100 * (1 - row["flops_ratio"]))
+        assert g[f"b_{tag}_flops_speedup"] == pytest.approx(1 / row["flops_ratio"])
+        assert g[f"b_{tag}_kd_loss"] == pytest.approx(100 * bench["dense"]["accuracy"] - g[f"b_{tag}_kd_mean"])
+        assert len(row["kd"]) == len(row["ce"]) == bench["protocol"]["seeds"]
+        verdict = "met" if g[f"b_{tag}_speed64"] >= 1.6 else "not met"
+        assert g[f"b_{tag}_speed_verdict"] == verdict
+        assert g[f"b_{tag}_acc_verdict"] == ("met" if g[f"b_{tag}_kd_loss"] <= 1 else "not met")
+    assert g["b_lo_flops_removed"] >= 50  # the issue's "removes at least half of the FLOPs"
+    assert 0.8 < g["b_masked_speed64"] < 1.25  # masks: same speed (noise only)
+
+
+def test_structured_pruning_checked_outputs(tmp_path):
+    code, output = nbval_smoke(NOTEBOOK, tmp_path)
+    assert code == 0, output[-5000:]
