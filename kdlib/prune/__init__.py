@@ -15,7 +15,7 @@ from kdlib.prune.schedules import (
     overall_sparsity,
     round_sparsities,
 )
-from kdlib.prune.sensitivity import pick_sparsities, plot_sensitivity, sensitivity
+from kdlib.prune.analysis import pick_sparsities, plot_sensitivity, sensitivity
 from kdlib.prune.storage import decode_sparse, dense_state_dict, encode_sparse, storage_sizes
 from kdlib.prune.unstructured import (
     PRUNABLE_TYPES,
