@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import multiprocessing as mp
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,8 +30,8 @@ import torch
 from kdlib import data as kdata
 from kdlib import models
 from kdlib.methods import METHODS, NotApplicable, distill_with
-from kdlib.profile import cpu_name
 from kdlib.train import fit
+from sweep import RunLog, machine
 
 RESULTS = Path(__file__).parent / "results" / "method_zoo.json"
 
@@ -144,31 +142,26 @@ def main() -> None:
             order = sorted(args.methods, key=lambda m: m not in ("rkd", "crd"))
             tasks += [(name, method, seed, str(path), args.smoke) for method in order for seed in range(args.seeds)]
         # Every finished run is appended to a log next to the output, so an interrupted sweep resumes.
-        partial = args.out.with_suffix(".partial.jsonl")
-        results = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
-        done = {(r["pair"], r["method"], r["seed"]) for r in results}
+        log = RunLog(args.out)
+        done = log.done("pair", "method", "seed")
         tasks = [t for t in tasks if (t[0], t[1], t[2]) not in done]
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with mp.get_context("spawn").Pool(args.workers) as pool, partial.open("a") as log:
+        results = log.records
+        with mp.get_context("spawn").Pool(args.workers) as pool:
             for record in pool.imap_unordered(run_one, tasks):
-                results.append(record)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                log.add(record)
                 acc = f"{record['final_accuracy']:.4f}" if record["status"] == "ok" else record["status"]
                 print(f"[{len(results)}/{len(done) + len(tasks)}] {record['pair']} {record['method']} seed {record['seed']}: {acc}",
                       flush=True)
     results.sort(key=lambda r: (r["pair"], list(METHODS).index(r["method"]), r["seed"]))
     out = dict(
-        machine=dict(cpu=cpu_name(), threads_per_run=1, workers=args.workers, python=platform.python_version(),
-                     torch=torch.__version__),
+        machine=machine(args.workers),
         seeds=args.seeds, smoke=args.smoke, wall_seconds=time.perf_counter() - started,
         protocol=protocol,
         methods={m: dict(title=METHODS[m].title, family=METHODS[m].family, cite=METHODS[m].cite,
                          ce_weight=METHODS[m].ce_weight, recipe=METHODS[m].recipe) for m in args.methods},
         results=results,
     )
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    partial.unlink()
+    log.finish(out)
     print(f"wrote {args.out} ({out['wall_seconds']:.0f} s)")
 
 

@@ -24,13 +24,12 @@ Usage: ``python benchmarks/prune_curves.py [--seeds 5] [--han-seeds 3] [--curve-
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import platform
 import time
 from pathlib import Path
 
 import torch
+from sweep import RunLog, machine
 
 RESULTS = Path(__file__).parent / "results" / "prune_curves.json"
 
@@ -175,24 +174,18 @@ def main() -> None:
     tasks = [(name, seed, cfg) for name in ("lottery", "curves", "han") if name in args.tasks
              for seed in range(seeds[name])]
     started = time.perf_counter()
-    partial = args.out.with_suffix(".partial.jsonl")
-    results = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
-    done = {(r["task"], r["seed"]) for r in results}
+    log = RunLog(args.out)
+    done = log.done("task", "seed")
     tasks = [t for t in tasks if (t[0], t[1]) not in done]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with mp.get_context("spawn").Pool(args.workers) as pool, partial.open("a") as log:
+    results = log.records
+    with mp.get_context("spawn").Pool(args.workers) as pool:
         for record in pool.imap_unordered(run_one, tasks):
-            results.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.add(record)
             print(f"[{len(results)}/{len(done) + len(tasks)}] {record['task']} seed {record['seed']}: "
                   f"dense {record['dense']:.4f} ({record['seconds']:.0f} s)", flush=True)
     results.sort(key=lambda r: (list(RUNNERS).index(r["task"]), r["seed"]))
-    from kdlib.profile import cpu_name
-
     out = dict(
-        machine=dict(cpu=cpu_name(), threads_per_run=1, workers=args.workers, python=platform.python_version(),
-                     torch=torch.__version__),
+        machine=machine(args.workers),
         seeds=seeds, smoke=args.smoke, wall_seconds=time.perf_counter() - started,
         protocol=dict(
             settings=cfg, lottery_sparsity=LOTTERY_SPARSITY, han_sparsity=HAN_SPARSITY, fine_tune_lr=FT_LR,
@@ -206,8 +199,7 @@ def main() -> None:
         ),
         results=results,
     )
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    partial.unlink()
+    log.finish(out)
     print(f"wrote {args.out} ({out['wall_seconds']:.0f} s)")
 
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import multiprocessing as mp
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,13 +37,14 @@ import torch
 
 from kdlib import models
 from kdlib.distill import distill
-from kdlib.profile import count_parameters, cpu_name
+from kdlib.profile import count_parameters
 from kdlib.schemes import (
     born_again, defective_kd, multi_teacher_distill, mutual_learning, reversed_kd, teacher_assistant,
     teacher_free_reg, teacher_free_self,
 )
 from kdlib.train import fit
 from method_zoo import PAIRS, load_dataset, shrink
+from sweep import RunLog, machine
 
 RESULTS = Path(__file__).parent / "results" / "schemes.json"
 GROUPS = ("self", "reversed", "multi", "dml", "capacity")
@@ -211,39 +210,32 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    partial = args.out.with_suffix(".partial.jsonl")
-    results = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
-    done = {(r["pair"], r["group"], r["seed"]) for r in results}
+    log = RunLog(args.out)
+    results = log.records
+    done = log.done("pair", "group", "seed")
     tasks = [(p, g, s) for p in args.pairs for g in args.groups for s in range(args.seeds) if (p, g, s) not in done]
     # The slow groups (big models) first, so the pool does not end on one long straggler.
     tasks.sort(key=lambda t: (t[0] != "fashion", t[1] not in ("reversed", "capacity")))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, mp.get_context("spawn").Pool(args.workers) as pool:
         jobs = [(p, name, tmp, args.smoke) for p in args.pairs for name in shared_specs(p, args.smoke)]
         shared = sorted(pool.imap_unordered(train_shared, jobs), key=lambda r: (r["pair"], r["name"]))
         for r in shared:
             print(f"{r['pair']} shared {r['name']}: {r['accuracy']:.4f}", flush=True)
-        with partial.open("a") as log:
-            for records in pool.imap_unordered(run_group, [(p, g, s, tmp, args.smoke) for p, g, s in tasks]):
-                results.extend(records)
-                for r in records:
-                    log.write(json.dumps(r) + "\n")
-                log.flush()
-                r = records[0]
-                print(f"{r['pair']} {r['group']} seed {r['seed']}: " + ", ".join(f"{x['arm']} {x['accuracy']:.3f}" for x in records),
-                      flush=True)
+        for records in pool.imap_unordered(run_group, [(p, g, s, tmp, args.smoke) for p, g, s in tasks]):
+            log.add(*records)
+            r = records[0]
+            print(f"{r['pair']} {r['group']} seed {r['seed']}: " + ", ".join(f"{x['arm']} {x['accuracy']:.3f}" for x in records),
+                  flush=True)
     results.sort(key=lambda r: (r["pair"], GROUPS.index(r["group"]), r["seed"]))
     protocol = {p: dict(teacher=PAIRS[p].teacher, student=PAIRS[p].student, teacher_fit=PAIRS[p].teacher_fit,
                         student_fit=PAIRS[p].student_fit, data=PAIRS[p].data_kwargs, plan=PLANS[p].__dict__)
                 for p in args.pairs}
     out = dict(
-        machine=dict(cpu=cpu_name(), threads_per_run=1, workers=args.workers, python=platform.python_version(),
-                     torch=torch.__version__),
+        machine=machine(args.workers),
         seeds=args.seeds, smoke=args.smoke, wall_seconds=time.perf_counter() - started, protocol=protocol,
         shared=shared, results=results,
     )
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    partial.unlink()
+    log.finish(out)
     print(f"wrote {args.out} ({out['wall_seconds']:.0f} s)")
 
 

@@ -33,7 +33,6 @@ import argparse
 import functools
 import json
 import multiprocessing as mp
-import platform
 import re
 import tempfile
 import time
@@ -45,8 +44,8 @@ from kdlib import data as kdata
 from kdlib import models
 from kdlib.distill import KDTerm, cached_teacher_logits
 from kdlib.losses import teacher_log_probs
-from kdlib.profile import cpu_name
 from kdlib.train import fit, predict
+from sweep import RunLog, machine
 
 RESULTS = Path(__file__).parent / "results" / "seed_variance.json"
 TEMPERATURE, ALPHA = 4.0, 0.9
@@ -165,13 +164,11 @@ def main() -> None:
     pairs = [p for p in PROTOCOL if n_seeds[p] > 0]
 
     started = time.perf_counter()
-    partial = args.out.with_suffix(".partial.jsonl")
-    results = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
-    done = {(r["pair"], r["arm"], r["seed"]) for r in results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    log = RunLog(args.out)
+    results = log.records
+    done = log.done("pair", "arm", "seed")
     teachers: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp, mp.get_context("spawn").Pool(args.workers) as pool, \
-            partial.open("a") as log:
+    with tempfile.TemporaryDirectory() as tmp, mp.get_context("spawn").Pool(args.workers) as pool:
         paths = {p: str(Path(tmp) / f"{p}_teacher.pt") for p in pairs}
         # The long Fashion-MNIST teacher starts first; runs that need no teacher fill the other worker meanwhile,
         # and each pair's KD runs are queued as soon as its teacher is saved.
@@ -191,9 +188,7 @@ def main() -> None:
             for job in [j for j in running if j.ready()]:
                 running.remove(job)
                 record = job.get()
-                results.append(record)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                log.add(record)
                 print(f"[{len(results)}/{total}] {record['pair']} {record['arm']} seed {record['seed']}: "
                       f"{record['accuracy']:.4f} ({record['wall_seconds']:.1f} s)", flush=True)
             time.sleep(0.05)
@@ -210,15 +205,13 @@ def main() -> None:
             **({"transfer_size": 1000 if args.smoke else TRANSFER_SIZE, "transfer_seed": 7} if p == "mnist1d" else {}),
         )
     out = dict(
-        machine=dict(cpu=cpu_name(), threads_per_run=1, workers=args.workers, python=platform.python_version(),
-                     torch=torch.__version__),
+        machine=machine(args.workers),
         smoke=args.smoke, wall_seconds=time.perf_counter() - started,
         seed_roles={"init": "init seed varies, order seed 0", "order": "init seed 0, order seed varies",
                     "alone/kd/kd_transfer": "init seed = order seed = seed"},
         protocol=protocol, results=results,
     )
-    args.out.write_text(dump(out))
-    partial.unlink()
+    log.finish(out, dump(out))
     print(f"wrote {args.out} ({out['wall_seconds']:.0f} s, {args.out.stat().st_size / 1e6:.2f} MB)")
 
 

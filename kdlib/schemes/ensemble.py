@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from kdlib.data import UNLABELED, Batch, Dataset
-from kdlib.distill import frozen
+from kdlib.distill import cached_teacher_logits, frozen
 from kdlib.losses import check_alpha, check_temperature, confidence_weights, ensemble_log_probs, multi_teacher_kd_loss
 from kdlib.losses.targets import _check_weights
 from kdlib.schemes.result import SchemeResult, named_models, prepare
-from kdlib.train import fit, predict
+from kdlib.train import fit
 
 WEIGHTINGS = ("mean", "confidence")
 
@@ -129,13 +129,11 @@ def multi_teacher_distill(
     data = prepare({**named, "student": student}, data, fit_kwargs.pop("device", None))
     members = list(named.values())
     use_cache = data.augment is None if cache_teacher is None else bool(cache_teacher)
-    if use_cache and data.augment is not None:
-        raise ValueError(f"{data.name} augments its training inputs, so cached teacher logits would not match them; use cache_teacher=False")
     with ExitStack() as stack:
         for teacher in members:
             stack.enter_context(frozen(teacher))
-        if use_cache:
-            cached = torch.stack([predict(m, data.train) for m in members]).to(data.device)
+        if use_cache:  # cached_teacher_logits refuses data with augmentation, as distill's cache does
+            cached = torch.stack([cached_teacher_logits(m, data) for m in members])
             logits_fn = lambda batch: cached[:, batch.index]  # noqa: E731
         else:
             def logits_fn(batch: Batch) -> torch.Tensor:
