@@ -138,10 +138,8 @@ def _clone(obj: Any) -> Any:
 
 
 def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    """The global L2 norm of the gradients, computed as ``clip_grad_norm_`` computes it (without clipping)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
 @dataclass
