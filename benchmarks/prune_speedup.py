@@ -40,7 +40,7 @@ import torch
 from kdlib import data as kdata
 from kdlib import models
 from kdlib.distill import distill
-from kdlib.profile import count_flops, count_parameters, cpu_name, serialized_size
+from kdlib.profile import count_flops, count_parameters, cpu_name, latency_side_by_side, serialized_size
 from kdlib.prune import make_permanent, prune_channels, prune_layerwise
 from kdlib.train import evaluate, fit
 
@@ -50,28 +50,6 @@ RESULTS = Path(__file__).parent / "results" / "prune_speedup.json"
 def quartiles(times: list[float]) -> dict:
     q1, med, q3 = statistics.quantiles(times, n=4)
     return {"median_ms": statistics.median(times), "iqr_ms": q3 - q1, "q1_ms": q1, "q3_ms": q3}
-
-
-def round_robin(variants: dict[str, torch.nn.Module], batch: torch.Tensor, *, threads: int, repeats: int,
-                warmup: int, inner: int) -> dict[str, list[float]]:
-    """Milliseconds per forward call of every variant, sampled in rotating interleaved order."""
-    torch.set_num_threads(threads)
-    names = list(variants)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    with torch.no_grad():
-        for model in variants.values():
-            model.eval()
-            for _ in range(warmup):
-                model(batch)
-        for r in range(repeats):
-            order = names[r % len(names):] + names[: r % len(names)]
-            for name in order:
-                model = variants[name]
-                start = time.perf_counter()
-                for _ in range(inner):
-                    model(batch)
-                times[name].append((time.perf_counter() - start) * 1e3 / inner)
-    return times
 
 
 def main() -> None:
@@ -158,8 +136,8 @@ def main() -> None:
         for batch_size in args.batches:
             batch = x_full[:batch_size].contiguous()
             inner = 1 if batch_size >= 16 else 20
-            times = round_robin(variants, batch, threads=threads, repeats=args.repeats,
-                                warmup=3 if args.smoke else 10, inner=inner)
+            times = latency_side_by_side(variants, batch, threads=threads, repeats=args.repeats,
+                                         warmup=3 if args.smoke else 10, inner=inner)
             dense_median = statistics.median(times["dense"])
             for name, ts in times.items():
                 stats = quartiles(ts)

@@ -12,6 +12,7 @@ import io
 import platform
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,6 +136,53 @@ def measure_latency(
         torch.set_num_threads(previous_threads)
     q1, _, q3 = statistics.quantiles(times, n=4)
     return statistics.median(times), q3 - q1
+
+
+def latency_side_by_side(
+    models: Mapping[str, nn.Module],
+    example: torch.Tensor,
+    *,
+    warmup: int = 5,
+    repeats: int = 21,
+    inner: int = 1,
+    threads: int | None = None,
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each model, sampled round-robin in a rotating order (GUIDE §6).
+
+    Interleaving the models makes whatever else the machine is doing slow all of them alike, so their
+    ratios hold even where absolute times do not; the order rotates each repeat so no model always runs
+    first. Each sample is the mean of ``inner`` calls. Eval mode and ``torch.no_grad``; modes and the thread
+    count are restored afterwards. Returns the samples, for medians and spreads.
+    """
+    if repeats < 1 or inner < 1:
+        raise ValueError(f"repeats and inner must be >= 1, got {repeats} and {inner}")
+    names = list(models)
+    devices = {n: module_device(m) for n, m in models.items()}
+    inputs = {n: example.to(devices[n]) for n in names}
+    modes = {n: m.training for n, m in models.items()}
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    try:
+        with torch.no_grad():
+            for n, m in models.items():
+                m.eval()
+                for _ in range(warmup):
+                    m(inputs[n])
+                synchronize(devices[n])
+            for r in range(repeats):
+                for n in names[r % len(names):] + names[: r % len(names)]:
+                    start = time.perf_counter()
+                    for _ in range(inner):
+                        models[n](inputs[n])
+                    synchronize(devices[n])
+                    times[n].append((time.perf_counter() - start) * 1e3 / inner)
+    finally:
+        for n, m in models.items():
+            m.train(modes[n])
+        torch.set_num_threads(previous_threads)
+    return times
 
 
 def profile(

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlib.profile import count_flops, count_parameters, measure_latency, profile, serialized_size
+from kdlib.profile import count_flops, count_parameters, latency_side_by_side, measure_latency, profile, serialized_size
 from tiny import blobs
 
 
@@ -59,3 +59,15 @@ def test_cpu_name_is_a_label():
 
     name = cpu_name()
     assert isinstance(name, str) and name and "\n" not in name
+
+
+def test_latency_side_by_side_samples_every_model_and_restores_state():
+    fast, slow = nn.Linear(8, 2), nn.Sequential(*[nn.Linear(8, 8) for _ in range(20)], nn.Linear(8, 2))
+    fast.train(), slow.eval()
+    threads = torch.get_num_threads()
+    times = latency_side_by_side({"fast": fast, "slow": slow}, torch.randn(4, 8), repeats=7, inner=3, threads=1)
+    assert set(times) == {"fast", "slow"} and all(len(t) == 7 and min(t) > 0 for t in times.values())
+    assert fast.training and not slow.training  # each model's mode is restored
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="repeats and inner"):
+        latency_side_by_side({"fast": fast}, torch.randn(4, 8), repeats=0)
