@@ -73,11 +73,16 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def serialized_bytes(obj: object) -> int:
+    """Bytes of ``torch.save(obj)`` (written to memory, not to disk)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer().nbytes
+
+
 def serialized_size(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())``: what a checkpoint of the weights costs on disk."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getbuffer().nbytes
+    return serialized_bytes(model.state_dict())
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:

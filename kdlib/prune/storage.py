@@ -11,22 +11,16 @@ Han et al., "Deep Compression" (2016) store sparse weights with relative indices
 
 from __future__ import annotations
 
-import io
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
+from kdlib.profile import serialized_bytes
 from kdlib.prune.unstructured import copy_model, is_pruned, make_permanent
 
 _SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)
-
-
-def _nbytes(obj: Any) -> int:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getbuffer().nbytes
 
 
 def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -103,8 +97,8 @@ def storage_sizes(model: nn.Module) -> dict[str, int]:
     """
     dense = dense_state_dict(model)
     return {
-        "masked": _nbytes(model.state_dict()),
-        "dense": _nbytes(dense),
-        "sparse": _nbytes(encode_sparse(dense)),
-        "csr": _nbytes(_csr(dense)),
+        "masked": serialized_bytes(model.state_dict()),
+        "dense": serialized_bytes(dense),
+        "sparse": serialized_bytes(encode_sparse(dense)),
+        "csr": serialized_bytes(_csr(dense)),
     }

@@ -1,0 +1,250 @@
+"""Real int8 on the CPU: ONNX export, ONNX Runtime static quantization, PT2E + inductor, and parity checks.
+
+Fake quantization (:mod:`kdlib.quantize.fake`) only *simulates* integers in float; speed and size come from an
+engine with int8 kernels. Two supported paths (``torch.ao.quantization`` is deprecated in this PyTorch):
+
+* **ONNX Runtime** (the default): :func:`export_onnx` writes the fp32 graph with ``torch.onnx.export``
+  (the ``torch.export``-based exporter), :func:`quantize_onnx` calibrates activation ranges on a few batches and
+  writes a QDQ model with int8 per-channel weights and uint8 activations, and :class:`OnnxModel` runs either
+  file as an ``nn.Module``, so :func:`kdlib.train.evaluate` and :mod:`kdlib.profile` work on it unchanged.
+* **PT2E** (torchao): :func:`quantize_pt2e` exports the model with ``torch.export``, inserts observers with
+  torchao's ``X86InductorQuantizer``, calibrates, converts, and compiles with inductor, which fuses the int8
+  patterns into oneDNN kernels.
+
+Chapter 11 and ``benchmarks/quantize_int8.py`` measure both on the same student: equally fast here, but ONNX
+Runtime needs no compiler and no compile time (PT2E: about 25 s the first call), and its file is the
+deployable artifact, so it is the default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdlib.data import Dataset, Split
+from kdlib.device import module_device
+from kdlib.quantize.fake import _inputs
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class ParityError(AssertionError):
+    """Two models that should compute the same function disagree by more than the tolerance."""
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike[str], example: torch.Tensor, *, dynamic_batch: bool = True) -> Path:
+    """Write ``model`` (eval mode, float) to ``path`` as ONNX; the input is ``x``, the output ``logits``.
+
+    ``dynamic_batch`` leaves the batch dimension symbolic so one file serves every batch size.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    example = example.detach().to(module_device(model))
+    if dynamic_batch and example.shape[0] == 1:  # torch.export would specialize a batch of one to the constant 1
+        example = example.repeat(2, *[1] * (example.dim() - 1))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_shapes=shapes,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        model.train(was_training)
+    return path
+
+
+def _session(path: str | os.PathLike[str], threads: int | None) -> object:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file run by ONNX Runtime on the CPU, callable like a module: float32 tensor in, logits out.
+
+    ``threads`` fixes ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()`` now), so a
+    latency comparison with PyTorch uses the same number of cores.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no ONNX file at {self.path}: write one with kdlib.quantize.export_onnx")
+        self.session = _session(self.path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for inputs ``x`` (moved to the CPU as float32)."""
+        array = x.detach().to("cpu", torch.float32).numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}"
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over batches of a tensor."""
+
+    def __init__(self, x: torch.Tensor, input_name: str, batches: int, batch_size: int) -> None:
+        self._batches = iter(
+            [{input_name: x[i : i + batch_size].numpy()} for i in range(0, min(len(x), batches * batch_size), batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_onnx(
+    fp32_path: str | os.PathLike[str],
+    int8_path: str | os.PathLike[str],
+    calibration: Split | Dataset | torch.Tensor,
+    *,
+    method: str = "minmax",
+    per_channel: bool = True,
+    batches: int = 16,
+    batch_size: int = 64,
+) -> Path:
+    """Static int8 quantization of an fp32 ONNX file with ONNX Runtime; returns ``int8_path``.
+
+    Weights become int8 (symmetric, per output channel unless ``per_channel=False``); activations uint8 with
+    ranges calibrated on up to ``batches`` batches of ``calibration`` (a :class:`~kdlib.data.Dataset` means its
+    training split) by ``method``: ``"minmax"``, ``"entropy"`` (KL divergence, TensorRT's method) or
+    ``"percentile"`` (99.999 %). The graph is in QDQ form (QuantizeLinear/DequantizeLinear pairs), which ONNX
+    Runtime fuses into integer kernels.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {CALIBRATION_METHODS}")
+    x = _inputs(calibration).detach().to("cpu", torch.float32)
+    if x.shape[0] == 0 or batches < 1:
+        raise ValueError(f"calibration needs at least one example and one batch, got {x.shape[0]} and {batches}")
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    if not fp32_path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {fp32_path}: write one with kdlib.quantize.export_onnx")
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    prepared = int8_path.with_suffix(".prep.onnx")
+    input_name = _session(fp32_path, 1).get_inputs()[0].name
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    try:  # ONNX Runtime prints its calibration progress; keep a notebook's output to the results
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(fp32_path), str(prepared))
+            quantize_static(
+                str(prepared),
+                str(int8_path),
+                _Reader(x, input_name, batches, batch_size),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+            )
+    finally:
+        prepared.unlink(missing_ok=True)
+    return int8_path
+
+
+class _Compiled(nn.Module):
+    """A PT2E int8 graph compiled by inductor with weight freezing (needed for its int8 fusions)."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+        self.compiled = torch.compile(graph)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch._inductor import config
+
+        with config.patch(freezing=True), torch.no_grad():
+            return self.compiled(x)
+
+
+def quantize_pt2e(
+    model: nn.Module,
+    calibration: Split | Dataset | torch.Tensor,
+    *,
+    batches: int = 16,
+    batch_size: int = 64,
+    compile: bool = True,
+) -> nn.Module:
+    """Static int8 quantization with torchao's PT2E flow and ``X86InductorQuantizer`` (CPU).
+
+    Returns the converted graph, compiled by inductor unless ``compile=False`` (then it runs in reference
+    float-simulated form: right numbers, not fast). The first call of the compiled model compiles it.
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    x = _inputs(calibration).detach().to("cpu", torch.float32)
+    if x.shape[0] == 0 or batches < 1:
+        raise ValueError(f"calibration needs at least one example and one batch, got {x.shape[0]} and {batches}")
+    model = model.eval()
+    example = x[: max(2, min(batch_size, len(x)))]
+    graph = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).module()
+    quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        observed = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for start in range(0, min(len(x), batches * batch_size), batch_size):
+                observed(x[start : start + batch_size])
+        converted = allow_exported_model_train_eval(convert_pt2e(observed))  # so evaluate() may call .eval()
+    return _Compiled(converted) if compile else converted
+
+
+def parity(reference: nn.Module, candidate: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """How far ``candidate``'s logits are from ``reference``'s on ``x``: max absolute difference and top-1 agreement."""
+    with torch.no_grad():
+        modes = [(m, m.training) for m in (reference, candidate)]
+        reference.eval(), candidate.eval()
+        try:
+            a, b = reference(x).float().cpu(), candidate(x).float().cpu()
+        finally:
+            for m, mode in modes:
+                m.train(mode)
+    if a.shape != b.shape:
+        raise ParityError(f"output shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return {
+        "max_abs_diff": float((a - b).abs().max()),
+        "max_abs_logit": float(a.abs().max()),
+        "top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()),
+    }
+
+
+def check_parity(
+    reference: nn.Module, candidate: nn.Module, x: torch.Tensor, *, atol: float = 1e-4, min_agreement: float = 1.0
+) -> dict[str, float]:
+    """:func:`parity`, raising :class:`ParityError` when the logits differ by more than ``atol`` or fewer than
+    ``min_agreement`` of the top-1 predictions agree."""
+    report = parity(reference, candidate, x)
+    if report["max_abs_diff"] > atol or report["top1_agreement"] < min_agreement:
+        raise ParityError(
+            f"outputs differ: max |Δlogit| = {report['max_abs_diff']:.3g} (tolerance {atol:.3g}), top-1 agreement "
+            f"{report['top1_agreement']:.4f} (required {min_agreement:.4f})"
+        )
+    return report
