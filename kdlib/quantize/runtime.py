@@ -169,12 +169,16 @@ def quantize_onnx(
 
 
 class _Compiled(nn.Module):
-    """A PT2E int8 graph compiled by inductor with weight freezing (needed for its int8 fusions)."""
+    """A PT2E int8 graph compiled by inductor with weight freezing (needed for its int8 fusions).
+
+    Compiled per batch size (``dynamic=False``): inductor's dynamic-shape int8 convolution lowering fails a
+    stride check in this PyTorch, and a static graph per shape is also the fastest.
+    """
 
     def __init__(self, graph: nn.Module) -> None:
         super().__init__()
         self.graph = graph
-        self.compiled = torch.compile(graph)
+        self.compiled = torch.compile(graph, dynamic=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from torch._inductor import config
@@ -194,7 +198,7 @@ def quantize_pt2e(
     """Static int8 quantization with torchao's PT2E flow and ``X86InductorQuantizer`` (CPU).
 
     Returns the converted graph, compiled by inductor unless ``compile=False`` (then it runs in reference
-    float-simulated form: right numbers, not fast). The first call of the compiled model compiles it.
+    float-simulated form: right numbers, not fast). The first call with each new batch size compiles it.
     """
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
