@@ -267,10 +267,17 @@ def fake_quant_layers(model: nn.Module) -> dict[str, FakeQuantLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantLayer)}
 
 
-def _inputs(data: Split | Dataset | torch.Tensor) -> torch.Tensor:
+def calibration_batches(data: Split | Dataset | torch.Tensor, batches: int, batch_size: int) -> list[torch.Tensor]:
+    """Up to ``batches`` input batches from a tensor, a Split, or a Dataset (its training split: calibrating on
+    the test set would leak it), or one clear error when there is nothing to calibrate on."""
     if isinstance(data, Dataset):
-        return data.train.x
-    return data.x if isinstance(data, Split) else data
+        data = data.train
+    x = data.x if isinstance(data, Split) else data
+    if x.shape[0] == 0 or batches < 1 or batch_size < 1:
+        raise ValueError(
+            f"calibration needs at least one example, batch and batch size, got {x.shape[0]}, {batches} and {batch_size}"
+        )
+    return [x[i : i + batch_size] for i in range(0, min(x.shape[0], batches * batch_size), batch_size)]
 
 
 def calibrate(
@@ -290,9 +297,7 @@ def calibrate(
     layers = fake_quant_layers(model)
     if not layers:
         raise ValueError("calibrate needs a model from kdlib.quantize.prepare (it has no FakeQuantLayer)")
-    x = _inputs(data)
-    if x.shape[0] == 0 or batches < 1:
-        raise ValueError(f"calibration needs at least one example and one batch, got {x.shape[0]} and {batches}")
+    inputs = calibration_batches(data, batches, batch_size)
     device = module_device(model)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -302,8 +307,8 @@ def calibrate(
                 layer.input_observer = make_observer(layer.config.activation_observer).to(device)
             layer._input_cache, layer.calibrating = None, True
         with torch.no_grad():
-            for start in range(0, min(x.shape[0], batches * batch_size), batch_size):
-                model(x[start : start + batch_size].to(device))
+            for batch in inputs:
+                model(batch.to(device))
     finally:
         for layer in layers.values():
             layer.calibrating = False

@@ -30,7 +30,7 @@ from torch import nn
 
 from kdlib.data import Dataset, Split
 from kdlib.device import module_device
-from kdlib.quantize.fake import _inputs
+from kdlib.quantize.fake import calibration_batches
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -106,12 +106,10 @@ class OnnxModel(nn.Module):
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over batches of a tensor."""
+    """ONNX Runtime's CalibrationDataReader protocol over a list of input batches."""
 
-    def __init__(self, x: torch.Tensor, input_name: str, batches: int, batch_size: int) -> None:
-        self._batches = iter(
-            [{input_name: x[i : i + batch_size].numpy()} for i in range(0, min(len(x), batches * batch_size), batch_size)]
-        )
+    def __init__(self, inputs: list[torch.Tensor], input_name: str) -> None:
+        self._batches = iter([{input_name: x.detach().to("cpu", torch.float32).numpy()} for x in inputs])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -140,9 +138,7 @@ def quantize_onnx(
 
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {CALIBRATION_METHODS}")
-    x = _inputs(calibration).detach().to("cpu", torch.float32)
-    if x.shape[0] == 0 or batches < 1:
-        raise ValueError(f"calibration needs at least one example and one batch, got {x.shape[0]} and {batches}")
+    inputs = calibration_batches(calibration, batches, batch_size)
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     if not fp32_path.is_file():
         raise FileNotFoundError(f"no ONNX file at {fp32_path}: write one with kdlib.quantize.export_onnx")
@@ -156,7 +152,7 @@ def quantize_onnx(
             quantize_static(
                 str(prepared),
                 str(int8_path),
-                _Reader(x, input_name, batches, batch_size),
+                _Reader(inputs, input_name),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
@@ -204,19 +200,21 @@ def quantize_pt2e(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
-    x = _inputs(calibration).detach().to("cpu", torch.float32)
-    if x.shape[0] == 0 or batches < 1:
-        raise ValueError(f"calibration needs at least one example and one batch, got {x.shape[0]} and {batches}")
-    model = model.eval()
-    example = x[: max(2, min(batch_size, len(x)))]
-    graph = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).module()
+    inputs = [x.detach().to("cpu", torch.float32) for x in calibration_batches(calibration, batches, batch_size)]
+    example = inputs[0] if len(inputs[0]) > 1 else inputs[0].repeat(2, *[1] * (inputs[0].dim() - 1))
+    was_training = model.training
+    try:
+        graph = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    finally:
+        model.train(was_training)
+    graph = graph.module()
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         observed = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
-            for start in range(0, min(len(x), batches * batch_size), batch_size):
-                observed(x[start : start + batch_size])
+            for batch in inputs:
+                observed(batch)
         converted = allow_exported_model_train_eval(convert_pt2e(observed))  # so evaluate() may call .eval()
     return _Compiled(converted) if compile else converted
 
