@@ -21,7 +21,10 @@ Protocol (CPU scale):
 Seeds vary the fine-tuning order only; there is one fp32 model. Targets (the issue): int8 >= 3.5x smaller and
 >= 2x faster at batch 64 than fp32 with <= 0.5 point accuracy drop; 4-bit QAT+KD within 1 point of fp32.
 
-Usage: ``python benchmarks/quantize_int8.py [--seeds 3] [--threads 1 2] [--smoke]``.
+The compiled PT2E model is timed and scored as it is, and compared with its own reference graph (see
+:func:`kdlib.quantize.quantize_pt2e` on ``MaxPool2d(ceil_mode=True)``).
+
+Usage: ``python benchmarks/quantize_int8.py [--seeds 3] [--threads 1 2] [--keep-qat] [--smoke]``.
 Results go to ``benchmarks/results/quantize_int8.json``.
 """
 
@@ -81,10 +84,16 @@ def post_training(fp32: torch.nn.Module, dataset: kdata.Dataset, folder: Path, c
                                  "agreement_with_onnx": Q.parity(simulated, Q.OnnxModel(folder / "int8_minmax.onnx"),
                                                                  dataset.test.x[:1000])["top1_agreement"]}
     t0 = time.perf_counter()
-    pt2e = Q.quantize_pt2e(fp32, dataset, batches=calib_batches)
+    # verify=False: the compiled graph is known to disagree with its reference here (MaxPool2d ceil_mode is
+    # dropped by inductor's int8 lowering); the benchmark records by how much instead of stopping.
+    pt2e = Q.quantize_pt2e(fp32, dataset, batches=calib_batches, verify=False)
     pt2e(example)
+    compile_seconds = time.perf_counter() - t0
+    reference = Q.quantize_pt2e(fp32, dataset, batches=calib_batches, compile=False)
     report["pt2e_int8"] = {"accuracy": evaluate(pt2e, dataset, batch_size=64)["accuracy"],
-                           "compile_seconds": time.perf_counter() - t0}
+                           "reference_accuracy": evaluate(reference, dataset, batch_size=64)["accuracy"],
+                           "agreement_with_reference": Q.parity(reference, pt2e, example)["top1_agreement"],
+                           "compile_seconds": compile_seconds}
     compiled32 = torch.compile(copy.deepcopy(fp32))
     with torch.no_grad():
         compiled32(example)
@@ -160,6 +169,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 1])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--keep-qat", action="store_true", help="reuse the QAT results already in --out")
     parser.add_argument("--smoke", action="store_true", help="tiny data and 20 steps: checks the script runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -183,7 +193,10 @@ def main() -> None:
         torch.set_num_threads(args.train_threads)
         lat = latency(timed, folder, dataset, args.threads, args.batches, args.repeats, 3 if args.smoke else 10)
     torch.set_num_threads(args.train_threads)
-    low_bit = qat(fp32, dataset, args.seeds, budget(args.qat_epochs), args.qat_lr, args.calib_batches)
+    if args.keep_qat:  # re-measure the rest on a quieter machine without repeating the QAT runs
+        low_bit = json.loads(args.out.read_text())["qat"]
+    else:
+        low_bit = qat(fp32, dataset, args.seeds, budget(args.qat_epochs), args.qat_lr, args.calib_batches)
 
     def speedup(variant: str, key: str) -> float:
         return next(r[key] for r in lat if (r["variant"], r["threads"], r["batch_size"]) == (variant, args.threads[0], 64)) \

@@ -382,3 +382,24 @@ def test_sensitivity_rows_and_pick_bits(tiny_dataset):
     assert Q.pick_bits(rows, max_drop=0.005) == {"a": 4, "b": 8}
     with pytest.raises(ValueError, match="layer_sensitivity"):
         Q.pick_bits([])
+
+
+def test_ste_gradient_is_one_on_the_edges_of_the_range():
+    x = torch.tensor([-1.0, 0.75, 0.7500001], requires_grad=True)  # 3-bit symmetric, s = 0.25: [-1, 0.75]
+    Q.fake_quantize(x, torch.tensor(0.25), torch.tensor(0.0), 3).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_mse_observer_keeps_values_from_every_batch():
+    obs = Q.MSEObserver(max_samples=100)
+    for value in (1.0, 2.0, 3.0, 4.0):
+        obs(torch.full((1000,), value))
+    counts = [int((obs.samples == v).sum()) for v in (1.0, 2.0, 3.0, 4.0)]
+    assert sum(counts) == 100 and min(counts) >= 20
+
+
+def test_moving_average_starts_as_a_plain_mean():
+    obs = Q.MovingAverageObserver()  # c = 0.01: the first 100 batches are averaged evenly
+    for top in (1.0, 2.0, 3.0, 6.0):
+        obs(torch.tensor([0.0, top]))
+    assert obs.range()[1].item() == pytest.approx(3.0)

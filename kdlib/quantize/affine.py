@@ -169,7 +169,9 @@ def fake_quantize(
     axis = check_axis(x, axis)
     qmin, qmax = integer_range(bits, symmetric=symmetric)
     s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis)
-    clipped = torch.maximum(torch.minimum(x, (qmax - z) * s), (qmin - z) * s)
+    low, high = (qmin - z) * s, (qmax - z) * s
+    # Not clamp(x, low, high): with tensor bounds it splits the gradient 0.5/0.5 on the edges.
+    clipped = torch.where((x >= low) & (x <= high), x, torch.clamp(x.detach(), low, high))
     rounded = (torch.round(clipped / s) + z).clamp(qmin, qmax)
     return clipped + ((rounded - z) * s - clipped).detach()
 

@@ -100,7 +100,10 @@ class MinMaxObserver(Observer):
 class MovingAverageObserver(Observer):
     """Exponential moving average of per-batch min and max: ``lo ← (1 − c)·lo + c·lo_batch``.
 
-    ``c = 0.01`` is PyTorch's and Jacob et al.'s choice for activations during QAT.
+    ``c = 0.01`` is PyTorch's and Jacob et al.'s choice for activations during QAT. For the first ``1/c``
+    batches the weight is ``1/n`` instead (``n`` = batches seen), i.e. the plain mean of the batch ranges, so
+    that a short calibration (16 batches) is not dominated by its first batch, as an EMA started at the first
+    batch's range would be.
     """
 
     def __init__(self, averaging_constant: float = 0.01, axis: int | None = None) -> None:
@@ -110,13 +113,20 @@ class MovingAverageObserver(Observer):
         self.averaging_constant = averaging_constant
 
     def _update(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        c = self.averaging_constant
+        c = max(self.averaging_constant, 1 / (int(self.batches) + 1))
         self.lo, self.hi = (1 - c) * self.lo + c * lo, (1 - c) * self.hi + c * hi
 
 
 def _subsample(rows: torch.Tensor, limit: int) -> torch.Tensor:
     stride = -(-rows.numel() // limit)
     return rows[:, ::stride] if stride > 1 else rows
+
+
+def _evenly(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` evenly spaced columns of ``rows`` (all of them when there are no more)."""
+    if rows.shape[1] <= count:
+        return rows
+    return rows[:, torch.linspace(0, rows.shape[1] - 1, count, device=rows.device).round().long()]
 
 
 class PercentileObserver(Observer):
@@ -142,8 +152,8 @@ class PercentileObserver(Observer):
 class MSEObserver(Observer):
     """The clipping range that minimizes the mean squared quantization error on the values seen.
 
-    Keeps up to ``max_samples`` values per channel (a strided subsample of each batch) besides the min-max
-    range; :meth:`qparams` tries ``grid`` clipping factors :math:`\\alpha \\in (0, 1]` of that range and keeps,
+    Keeps up to ``max_samples`` values per channel besides the min-max range, drawn evenly from every batch
+    seen (after ``n`` batches each contributes about ``max_samples / n``, by strided subsampling); :meth:`qparams` tries ``grid`` clipping factors :math:`\\alpha \\in (0, 1]` of that range and keeps,
     per channel, the one with the smallest error at the requested bit-width.
     """
 
@@ -157,8 +167,10 @@ class MSEObserver(Observer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Record ``x``'s range and a subsample of its values; return ``x`` unchanged."""
         rows = self._rows(x)
-        kept = _subsample(rows, self.max_samples * rows.shape[0])
-        self.samples = kept if not self.observed else torch.cat([self.samples, kept], 1)[:, -self.max_samples :]
+        seen = int(self.batches)
+        old_share = self.max_samples * seen // (seen + 1)
+        new = _evenly(rows, self.max_samples - old_share)
+        self.samples = new if not self.observed else torch.cat([_evenly(self.samples, old_share), new], 1)
         return super().forward(x)
 
     def qparams(self, bits: int, *, symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
