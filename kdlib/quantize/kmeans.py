@@ -92,7 +92,9 @@ def codebook_size_bytes(model: nn.Module) -> int:
     """Bytes to store a weight-shared model: packed indices + fp32 codebooks + every other parameter in fp32.
 
     ``ceil(n·b/8)`` bytes for the ``n`` indices of each shared layer (``b = log2 k``), ``4k`` for its
-    codebook; Han et al. additionally Huffman-code the indices, which this does not count.
+    codebook; Han et al. additionally Huffman-code the indices, which this does not count. This is the payload
+    without any file-format overhead (:func:`~kdlib.quantize.quantized_size_bytes` measures a ``torch.save``
+    file instead).
     """
     layers = shared_layers(model)
     if not layers:

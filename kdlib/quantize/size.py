@@ -66,5 +66,9 @@ def packed_state(model: nn.Module) -> dict[str, Any]:
 
 
 def quantized_size_bytes(model: nn.Module) -> int:
-    """Serialized bytes of :func:`packed_state`: what a b-bit model costs on disk."""
+    """Serialized bytes of :func:`packed_state`: what a b-bit model costs on disk as a ``torch.save`` file.
+
+    This includes ``torch.save``'s overhead of roughly half a kilobyte per tensor, which matters for small
+    models; :func:`~kdlib.quantize.codebook_size_bytes` counts the payload only.
+    """
     return serialized_bytes(packed_state(model))
