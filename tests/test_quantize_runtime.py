@@ -113,3 +113,22 @@ def test_pt2e_compiled_model_is_verified_against_its_reference(images):
     # quantize_pt2e and chapter 11 must be updated.
     with pytest.raises(Q.ParityError, match="top-1 agreement"):
         Q.quantize_pt2e(model, x, batches=1, batch_size=256)
+
+
+def activation_scales(path) -> dict[str, float]:
+    """Scale of every QuantizeLinear (activations; weights are stored already quantized) in a QDQ file."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    return {n.input[0]: float(constants[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_entropy_calibration_really_searches_a_clipping_threshold(images, exported, tmp_path):
+    _, fp32, minmax = exported
+    entropy = Q.quantize_onnx(fp32, tmp_path / "entropy.onnx", images, method="entropy", batches=4)
+    a, b = activation_scales(minmax), activation_scales(entropy)
+    assert a.keys() == b.keys()
+    # ONNX Runtime's own quantize_static entropy path returns the min-max ranges; kdlib's must clip somewhere.
+    assert all(b[k] <= a[k] * (1 + 1e-6) for k in a) and any(b[k] < 0.9 * a[k] for k in a)
