@@ -104,6 +104,11 @@ def test_prune_speedup_smoke(tmp_path):
     assert row["ratio"] == 0.5 and 0.2 < row["flops_ratio"] < 0.3 and len(row["kd"]) == 1 and "ce_mean" not in row
     assert result["masked"]["flops"] == result["dense"]["flops"]  # masks keep dense shapes
     variants = {(r["variant"], r["batch_size"]) for r in result["latency"]}
-    assert variants == {(v, b) for v in ("dense", "masked", "pruned_0.5") for b in (64, 1)}
+    names = ("dense", "masked", "pruned_0.5", "pruned_0.5_unrounded")  # round_to=8 by default, plus one without
+    assert variants == {(v, b) for v in names for b in (64, 1)}
     assert all(r["threads"] == 1 and r["median_ms"] > 0 for r in result["latency"])
     assert result["smoke"] is True and result["targets"][0]["speedup_target"] == 1.6
+    assert result["protocol"]["round_to"] == row["round_to"] == 8
+    assert all(c % 8 == 0 for name, c in row["channels_after"].items() if name != "fc")
+    assert 0 <= row["accuracy_pruned"] <= 1 and 0 <= row["accuracy_recalibrated"] <= 1
+    assert len(row["kd"][0]["curve"]) >= 1 and row["kd"][0]["curve"][-1] == row["kd"][0]["accuracy"]

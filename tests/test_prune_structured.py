@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -6,6 +8,7 @@ import kdlib.prune.structured as structured
 from kdlib import models
 from kdlib.data import Dataset, Split
 from kdlib.profile import count_flops
+from kdlib.prune import recalibrate_batchnorm
 from kdlib.train import evaluate, fit
 from tiny import blobs, snapshot
 
@@ -186,3 +189,105 @@ def test_residual_network_prunes_coupled_layers_together():
     assert result.params_ratio == pytest.approx(0.25, rel=0.1) and result.flops_ratio == pytest.approx(0.25, rel=0.1)
     assert result.model(x).shape == (2, 10) and resnet.training and result.model.training
     assert all(torch.equal(v, resnet.state_dict()[k]) for k, v in before.items())
+
+
+# ------------------------------------------------------------------------------- BatchNorm recalibration
+
+
+def bn_net(seed: int = 0) -> nn.Sequential:
+    """conv-BN-ReLU-Dropout-conv-BN-ReLU-pool-linear with stale (random) running statistics."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.5),
+        nn.Conv2d(6, 5, 3, padding=1), nn.BatchNorm2d(5, momentum=0.3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3),
+    )
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-3, 3)
+            m.running_var.uniform_(5, 10)
+    return model
+
+
+def bn_input_stats(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and unbiased variance of every BatchNorm's input in one forward pass of a copy of
+    ``model`` that normalizes with batch statistics (BatchNorm in train mode, dropout off)."""
+    model = copy.deepcopy(model).eval()
+    stats, hooks = [], []
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+            hooks.append(m.register_forward_hook(
+                lambda _m, inp, _out: stats.append((inp[0].mean((0, 2, 3)), inp[0].var((0, 2, 3))))))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return stats
+
+
+XB = 2.0 * torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(2)) + 1.0
+
+
+def test_recalibrate_batchnorm_sets_the_true_statistics_of_the_data():
+    model = bn_net()
+    out = recalibrate_batchnorm(model, XB, batches=1, batch_size=64)
+    assert out is model
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    expected = bn_input_stats(model, XB)  # with the recalibrated first BN feeding the second, dropout off
+    for bn, (mean, var) in zip(bns, expected, strict=True):
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bn.running_var, var, rtol=1e-5, atol=1e-5)
+        assert int(bn.num_batches_tracked) == 1
+    # Several batches: the first BN's mean is exactly the mean over all images used (cumulative average).
+    recalibrate_batchnorm(model, XB, batches=4, batch_size=16)
+    with torch.no_grad():
+        conv_out = model[0](XB)
+    torch.testing.assert_close(bns[0].running_mean, conv_out.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    assert int(bns[0].num_batches_tracked) == 4
+
+
+def test_recalibrate_batchnorm_restores_modes_and_momenta_and_leaves_weights_alone():
+    model = bn_net().train()
+    model[1].eval()  # a mixed state must come back exactly
+    before = snapshot(model)
+    modes = [m.training for m in model.modules()]
+    recalibrate_batchnorm(model, XB, batches=2, batch_size=32)
+    assert [m.training for m in model.modules()] == modes
+    assert model[1].momentum == 0.1 and model[5].momentum == 0.3
+    after = model.state_dict()
+    for k, v in before.items():
+        stats = k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        assert torch.equal(v, after[k]) != stats, k  # every statistic changed, no weight did
+
+
+def test_recalibrate_batchnorm_on_a_pruned_network_accepts_kdlib_data_and_tensors():
+    model = chain(seed=3)
+    labels = torch.zeros(64, dtype=torch.long)
+    images = Dataset("images", Split(XB, labels), Split(XB[:8], labels[:8]), 3)
+    a, b, c = (
+        recalibrate_batchnorm(structured.prune_channels(model, X, 0.5).model, data, batches=2, batch_size=32)
+        for data in (images, images.train, XB)  # a Dataset means its training split
+    )
+    for k, v in b.state_dict().items():
+        assert torch.equal(a.state_dict()[k], v) and torch.equal(c.state_dict()[k], v), k
+    # fewer inputs than one batch: a single batch of all of them
+    small = recalibrate_batchnorm(structured.prune_channels(model, X, 0.5).model, XB[:10], batch_size=32)
+    for bn, (mean, _) in zip([m for m in small.modules() if isinstance(m, nn.BatchNorm2d)],
+                             bn_input_stats(small, XB[:10]), strict=True):
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-5, atol=1e-5)
+
+
+def test_recalibrate_batchnorm_bad_inputs():
+    with pytest.raises(ValueError, match="has no BatchNorm layer with running statistics"):
+        recalibrate_batchnorm(models.create("mlp", hidden=(8,), input_shape=4), torch.randn(4, 4))
+    untracked = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
+    with pytest.raises(ValueError, match="Sequential has no BatchNorm layer"):
+        recalibrate_batchnorm(untracked, XB)
+    with pytest.raises(ValueError, match="data is empty"):
+        recalibrate_batchnorm(bn_net(), XB[:0])
+    for name, bad in (("batches", 0), ("batches", 1.5), ("batch_size", -1), ("batch_size", True)):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+            recalibrate_batchnorm(bn_net(), XB, **{name: bad})
+    with pytest.raises(TypeError, match="data must be a kdlib Dataset/Split"):
+        recalibrate_batchnorm(bn_net(), [1, 2, 3])

@@ -1,5 +1,6 @@
 """Pruning: unstructured magnitude/random masks, schedules, lottery tickets, sensitivity, storage, and
-structured (channel) pruning that physically shrinks the model (:mod:`kdlib.prune.structured`, Torch-Pruning).
+structured (channel) pruning that physically shrinks the model (:mod:`kdlib.prune.structured`, Torch-Pruning),
+and BatchNorm recalibration after pruning (:mod:`kdlib.prune.batchnorm`).
 
 Masks are :mod:`torch.nn.utils.prune` masks, and every fine-tune runs through :func:`kdlib.train.fit` or
 :func:`kdlib.distill.distill`.
@@ -31,11 +32,13 @@ from kdlib.prune.unstructured import (
 )
 
 from kdlib.prune.structured import PruneResult, channels, prune_channels, prune_conv_chain_l1
+from kdlib.prune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 
 __all__ = [
     "PRUNABLE_TYPES",
     "PruneResult",
     "agp_sparsity",
+    "batchnorm_layers",
     "channels",
     "check_sparsity",
     "copy_model",
@@ -58,6 +61,7 @@ __all__ = [
     "prune_global",
     "prune_layerwise",
     "prune_random",
+    "recalibrate_batchnorm",
     "rewind",
     "round_sparsities",
     "save_rewind_point",
