@@ -225,7 +225,7 @@ def main() -> None:
         "protocol": {"dataset": "fashion_mnist", "model": "cnn (BatchNorm folded)", "train_size": len(dataset.train),
                      "test_size": len(dataset.test), "fp32_fit": {"lr": 2e-3, "batch_size": 128, **budget(args.epochs)},
                      "qat_fit": {"lr": args.qat_lr, "batch_size": 128, **budget(args.qat_epochs)},
-                     "kd": {"temperature": 4.0, "alpha": 0.9}, "seeds": args.seeds,
+                     "kd": {"temperature": 4.0, "alpha": 0.9}, "seeds": args.seeds, "qat_reused": args.keep_qat,
                      "calibration": {"batches": args.calib_batches, "batch_size": 64, "split": "train"},
                      "latency": {"threads": args.threads, "batches": args.batches, "repeats": args.repeats,
                                  "method": "round-robin interleaved in one process, rotating order; median and IQR"}},

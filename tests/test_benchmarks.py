@@ -112,3 +112,25 @@ def test_prune_speedup_smoke(tmp_path):
     assert all(c % 8 == 0 for name, c in row["channels_after"].items() if name != "fc")
     assert 0 <= row["accuracy_pruned"] <= 1 and 0 <= row["accuracy_recalibrated"] <= 1
     assert len(row["kd"][0]["curve"]) >= 1 and row["kd"][0]["curve"][-1] == row["kd"][0]["accuracy"]
+
+
+def test_quantize_int8_smoke(tmp_path):
+    out = tmp_path / "quantize_int8.json"
+    run_script("benchmarks/quantize_int8.py", "--smoke", "--threads", "1", "--batches", "64", "--out", str(out))
+    result = json.loads(out.read_text())
+    post = result["post_training"]
+    assert post["fp32"]["onnx_parity"]["max_abs_diff"] < 1e-3  # the fp32 export computes the same function
+    for method in ("minmax", "entropy", "percentile"):
+        assert post[f"onnx_int8_{method}"]["onnx_bytes"] < post["fp32"]["onnx_bytes"] / 3
+    assert 0 <= post["pt2e_int8"]["agreement_with_reference"] <= 1
+    variants = {r["variant"] for r in result["latency"]}
+    assert variants == {"torch_fp32", "torch_fp32_compiled", "pt2e_int8", "onnx_fp32", "onnx_int8"}
+    assert all(r["threads"] == 1 and r["batch_size"] == 64 and r["median_ms"] > 0 for r in result["latency"])
+    qat = result["qat"]
+    for config in ("w8a8", "w4a8", "w4a4"):
+        assert len(qat[config]["qat_kd"]["values"]) == len(qat[config]["qat_ce"]["values"]) == 1
+        assert qat[config]["packed_bytes"] < post["fp32"]["state_dict_bytes"]
+    assert qat["w4a8"]["packed_bytes"] < qat["w8a8"]["packed_bytes"]
+    targets = result["targets"]
+    assert targets["met"]["size"] == (targets["size_ratio"] >= 3.5 and targets["size_ratio_onnx"] >= 3.5)
+    assert targets["met"]["speed"] == (targets["speedup_batch64"] >= 2.0) and result["smoke"] is True
