@@ -54,13 +54,9 @@ from kdlib.distill import distill
 from kdlib.profile import count_flops, count_parameters, cpu_name, latency_side_by_side, serialized_size
 from kdlib.prune import make_permanent, prune_channels, prune_layerwise, recalibrate_batchnorm
 from kdlib.train import evaluate, fit
+from sweep import quartiles
 
 RESULTS = Path(__file__).parent / "results" / "prune_speedup.json"
-
-
-def quartiles(times: list[float]) -> dict:
-    q1, med, q3 = statistics.quantiles(times, n=4)
-    return {"median_ms": statistics.median(times), "iqr_ms": q3 - q1, "q1_ms": q1, "q3_ms": q3}
 
 
 def main() -> None:

@@ -46,15 +46,10 @@ from kdlib import quantize as Q
 from kdlib.distill import distill
 from kdlib.profile import latency_side_by_side, serialized_size
 from kdlib.train import evaluate, fit
-from sweep import machine
+from sweep import machine, quartiles
 
 RESULTS = Path(__file__).parent / "results" / "quantize_int8.json"
 BIT_CONFIGS = ((8, 8), (4, 8), (4, 4))
-
-
-def quartiles(times: list[float]) -> dict:
-    q1, med, q3 = statistics.quantiles(times, n=4)
-    return {"median_ms": med, "iqr_ms": q3 - q1}
 
 
 def summary(values: list[float]) -> dict:

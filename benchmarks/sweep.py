@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -46,3 +47,9 @@ def machine(workers: int) -> dict:
     """Where a sweep ran: CPU, one thread per run, the number of worker processes, Python and torch."""
     return dict(cpu=cpu_name(), threads_per_run=1, workers=workers, python=platform.python_version(),
                 torch=torch.__version__)
+
+
+def quartiles(times: list[float]) -> dict:
+    """Median, interquartile range and quartiles of latency samples in milliseconds."""
+    q1, med, q3 = statistics.quantiles(times, n=4)
+    return {"median_ms": med, "iqr_ms": q3 - q1, "q1_ms": q1, "q3_ms": q3}
