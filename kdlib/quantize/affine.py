@@ -123,6 +123,17 @@ def _broadcast(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tens
     return t.reshape(shape)
 
 
+def _grid(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool, axis: int | None
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Checked inputs of :func:`quantize` and :func:`fake_quantize`: scale and zero-point shaped to broadcast
+    against ``x``, and the integer range."""
+    _check_float(x, "x")
+    axis = check_axis(x, axis)
+    qmin, qmax = integer_range(bits, symmetric=symmetric)
+    return _broadcast(scale, x, axis), _broadcast(zero_point, x, axis), qmin, qmax
+
+
 def quantize(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -133,10 +144,7 @@ def quantize(
     axis: int | None = None,
 ) -> torch.Tensor:
     """Integer codes ``clamp(round(x / scale) + zero_point, q_min, q_max)`` as an int32 tensor."""
-    _check_float(x, "x")
-    axis = check_axis(x, axis)
-    qmin, qmax = integer_range(bits, symmetric=symmetric)
-    s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis)
+    s, z, qmin, qmax = _grid(x, scale, zero_point, bits, symmetric, axis)
     return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int32)
 
 
@@ -165,10 +173,7 @@ def fake_quantize(
     the identity. Clipping is kept, so :math:`\\partial \\hat x / \\partial x = 1` inside the representable
     range and 0 outside it. The scale and zero-point get no gradient (they come from observers).
     """
-    _check_float(x, "x")
-    axis = check_axis(x, axis)
-    qmin, qmax = integer_range(bits, symmetric=symmetric)
-    s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis)
+    s, z, qmin, qmax = _grid(x, scale, zero_point, bits, symmetric, axis)
     low, high = (qmin - z) * s, (qmax - z) * s
     # Not clamp(x, low, high): with tensor bounds it splits the gradient 0.5/0.5 on the edges.
     clipped = torch.where((x >= low) & (x <= high), x, torch.clamp(x.detach(), low, high))
