@@ -34,12 +34,23 @@ from torch import nn
 from kdlib.data import Dataset, Split
 from kdlib.device import module_device
 from kdlib.quantize.fake import calibration_batches
+from kdlib.train import predict
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 class ParityError(AssertionError):
     """Two models that should compute the same function disagree by more than the tolerance."""
+
+
+def _dynamic_batch(example: torch.Tensor) -> tuple[torch.Tensor, tuple[dict[int, object]]]:
+    """An example input and ``dynamic_shapes`` for ``torch.export`` with a symbolic batch dimension.
+
+    A batch of one is repeated to two: ``torch.export`` would specialize a batch of one to the constant 1.
+    """
+    if example.shape[0] == 1:
+        example = example.repeat(2, *[1] * (example.dim() - 1))
+    return example, ({0: torch.export.Dim("batch", min=1)},)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example: torch.Tensor, *, dynamic_batch: bool = True) -> Path:
@@ -51,10 +62,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example: torch.T
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
-    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    example = example.detach().to(module_device(model))
-    if dynamic_batch and example.shape[0] == 1:  # torch.export would specialize a batch of one to the constant 1
-        example = example.repeat(2, *[1] * (example.dim() - 1))
+    example, shapes = example.detach().to(module_device(model)), None
+    if dynamic_batch:
+        example, shapes = _dynamic_batch(example)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -226,10 +236,10 @@ def quantize_pt2e(
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
     inputs = [x.detach().to("cpu", torch.float32) for x in calibration_batches(calibration, batches, batch_size)]
-    example = inputs[0] if len(inputs[0]) > 1 else inputs[0].repeat(2, *[1] * (inputs[0].dim() - 1))
+    example, shapes = _dynamic_batch(inputs[0])
     was_training = model.training
     try:
-        graph = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        graph = torch.export.export(model.eval(), (example,), dynamic_shapes=shapes)
     finally:
         model.train(was_training)
     graph = graph.module()
@@ -251,14 +261,8 @@ def quantize_pt2e(
 
 def parity(reference: nn.Module, candidate: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """How far ``candidate``'s logits are from ``reference``'s on ``x``: max absolute difference and top-1 agreement."""
-    with torch.no_grad():
-        modes = [(m, m.training) for m in (reference, candidate)]
-        reference.eval(), candidate.eval()
-        try:
-            a, b = reference(x).float().cpu(), candidate(x).float().cpu()
-        finally:
-            for m, mode in modes:
-                m.train(mode)
+    # One call per model (a compiled PT2E graph compiles once per batch size); predict restores their modes.
+    a, b = (predict(m, x, batch_size=max(1, len(x))).cpu() for m in (reference, candidate))
     if a.shape != b.shape:
         raise ParityError(f"output shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     return {
