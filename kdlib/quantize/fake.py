@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -253,7 +253,7 @@ def prepare(
     if not_quantizable:
         raise ValueError(f"layer_bits names layers that are not quantized: {not_quantizable}; quantized: {names}")
     for name in names:
-        layer_config = QuantConfig(**{**config.__dict__, "weight_bits": layer_bits.get(name, config.weight_bits)})
+        layer_config = replace(config, weight_bits=layer_bits.get(name, config.weight_bits))
         wrapped = FakeQuantLayer(quantized.get_submodule(name), layer_config)
         if name == "":
             return wrapped.to(module_device(model)).train(model.training)

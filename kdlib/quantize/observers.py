@@ -25,7 +25,7 @@ from torch import nn
 
 from kdlib.quantize.affine import channel_rows, check_axis, fake_quantize, qparams
 
-# torch.quantile refuses inputs above 2**24 elements; larger batches are subsampled with a fixed stride.
+# torch.quantile refuses inputs above 2**24 elements; larger batches are subsampled evenly.
 _QUANTILE_LIMIT = 2**24
 
 
@@ -117,11 +117,6 @@ class MovingAverageObserver(Observer):
         self.lo, self.hi = (1 - c) * self.lo + c * lo, (1 - c) * self.hi + c * hi
 
 
-def _subsample(rows: torch.Tensor, limit: int) -> torch.Tensor:
-    stride = -(-rows.numel() // limit)
-    return rows[:, ::stride] if stride > 1 else rows
-
-
 def _evenly(rows: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` evenly spaced columns of ``rows`` (all of them when there are no more)."""
     if rows.shape[1] <= count:
@@ -139,7 +134,7 @@ class PercentileObserver(Observer):
         self.percentile = percentile
 
     def _batch_range(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = _subsample(rows, _QUANTILE_LIMIT)
+        rows = _evenly(rows, _QUANTILE_LIMIT // rows.shape[0])
         q = torch.tensor([1 - self.percentile / 100, self.percentile / 100], dtype=rows.dtype, device=rows.device)
         lo, hi = torch.quantile(rows, q, dim=1)
         return lo, hi
