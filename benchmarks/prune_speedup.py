@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -54,7 +53,7 @@ from kdlib.distill import distill
 from kdlib.profile import count_flops, count_parameters, cpu_name, latency_side_by_side, serialized_size
 from kdlib.prune import make_permanent, prune_channels, prune_layerwise, recalibrate_batchnorm
 from kdlib.train import evaluate, fit
-from sweep import quartiles
+from sweep import quartiles, save_json
 
 RESULTS = Path(__file__).parent / "results" / "prune_speedup.json"
 
@@ -210,8 +209,7 @@ def main() -> None:
         "targets": targets,
         "wall_seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    save_json(args.out, result)
     print(f"wrote {args.out} in {result['wall_seconds']:.0f} s")
     for t in targets:
         print(f"ratio {t['ratio']}: speed-up at batch 64 x{t['speedup_batch64']:.2f} (target 1.6: "

@@ -46,7 +46,7 @@ from kdlib import quantize as Q
 from kdlib.distill import distill
 from kdlib.profile import latency_side_by_side, serialized_size
 from kdlib.train import evaluate, fit
-from sweep import machine, quartiles
+from sweep import machine, quartiles, save_json
 
 RESULTS = Path(__file__).parent / "results" / "quantize_int8.json"
 BIT_CONFIGS = ((8, 8), (4, 8), (4, 4))
@@ -57,34 +57,34 @@ def summary(values: list[float]) -> dict:
             "values": values}
 
 
-def post_training(fp32: torch.nn.Module, dataset: kdata.Dataset, folder: Path, calib_batches: int) -> tuple[dict, dict]:
+def post_training(fp32: torch.nn.Module, fp32_accuracy: float, dataset: kdata.Dataset, folder: Path,
+                  calib_batches: int) -> tuple[dict, dict]:
     """Accuracy and size of every int8 path; returns (report, the models to time)."""
-    example = dataset.test.x[:64]
+    example, probe = dataset.test.x[:64], dataset.test.x[:1000]
     fp32_path = Q.export_onnx(fp32, folder / "fp32.onnx", example)
-    report = {"fp32": {"accuracy": evaluate(fp32, dataset)["accuracy"], "state_dict_bytes": serialized_size(fp32),
-                       "onnx_bytes": fp32_path.stat().st_size}}
-    onnx32 = Q.OnnxModel(fp32_path)
-    report["fp32"]["onnx_parity"] = Q.parity(fp32, onnx32, dataset.test.x[:1000])
+    report = {"fp32": {"accuracy": fp32_accuracy, "state_dict_bytes": serialized_size(fp32),
+                       "onnx_bytes": fp32_path.stat().st_size,
+                       "onnx_parity": Q.parity(fp32, Q.OnnxModel(fp32_path), probe)}}
+    int8 = {}
     for method in Q.runtime.CALIBRATION_METHODS:
         path = Q.quantize_onnx(fp32_path, folder / f"int8_{method}.onnx", dataset, method=method, batches=calib_batches)
-        model = Q.OnnxModel(path)
-        report[f"onnx_int8_{method}"] = {"accuracy": evaluate(model, dataset)["accuracy"],
+        int8[method] = Q.OnnxModel(path)
+        report[f"onnx_int8_{method}"] = {"accuracy": evaluate(int8[method], dataset)["accuracy"],
                                          "onnx_bytes": path.stat().st_size,
-                                         "parity": Q.parity(fp32, model, dataset.test.x[:1000])}
+                                         "parity": Q.parity(fp32, int8[method], probe)}
         print(f"ONNX Runtime int8 ({method}): {report[f'onnx_int8_{method}']['accuracy']:.4f}", flush=True)
     simulated = Q.calibrate(Q.prepare(fp32, Q.QuantConfig(8, 8, activation_observer="minmax")), dataset,
                             batches=calib_batches, batch_size=64)
     report["fake_quant_w8a8"] = {"accuracy": evaluate(simulated, dataset)["accuracy"],
                                  "packed_bytes": Q.quantized_size_bytes(simulated),
-                                 "agreement_with_onnx": Q.parity(simulated, Q.OnnxModel(folder / "int8_minmax.onnx"),
-                                                                 dataset.test.x[:1000])["top1_agreement"]}
+                                 "agreement_with_onnx": Q.parity(simulated, int8["minmax"], probe)["top1_agreement"]}
     t0 = time.perf_counter()
     # verify=False: the compiled graph is known to disagree with its reference here (MaxPool2d ceil_mode is
     # dropped by inductor's int8 lowering); the benchmark records by how much instead of stopping.
     pt2e = Q.quantize_pt2e(fp32, dataset, batches=calib_batches, verify=False)
     pt2e(example)
     compile_seconds = time.perf_counter() - t0
-    reference = Q.quantize_pt2e(fp32, dataset, batches=calib_batches, compile=False)
+    reference = pt2e.graph  # the converted graph the compiled model was built from, run uncompiled
     report["pt2e_int8"] = {"accuracy": evaluate(pt2e, dataset, batch_size=64)["accuracy"],
                            "reference_accuracy": evaluate(reference, dataset, batch_size=64)["accuracy"],
                            "agreement_with_reference": Q.parity(reference, pt2e, example)["top1_agreement"],
@@ -180,11 +180,12 @@ def main() -> None:
     t0 = time.perf_counter()
     fit(model, dataset, seed=0, batch_size=128, lr=2e-3, progress=False, **budget(args.epochs))
     fp32 = Q.fold_batchnorm(model).eval()
-    print(f"fp32 cnn: {evaluate(fp32, dataset)['accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    fp32_accuracy = evaluate(fp32, dataset)["accuracy"]
+    print(f"fp32 cnn: {fp32_accuracy:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        ptq, timed = post_training(fp32, dataset, folder, args.calib_batches)
+        ptq, timed = post_training(fp32, fp32_accuracy, dataset, folder, args.calib_batches)
         torch.set_num_threads(args.train_threads)
         lat = latency(timed, folder, dataset, args.threads, args.batches, args.repeats, 3 if args.smoke else 10)
     torch.set_num_threads(args.train_threads)
@@ -231,8 +232,7 @@ def main() -> None:
         "targets": targets,
         "seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(args.out, result)
     print(json.dumps(targets, indent=1))
 
 

@@ -39,8 +39,17 @@ class RunLog:
 
     def finish(self, report: dict, text: str | None = None) -> None:
         """Write the report (as indented JSON, or ``text`` when given) to ``out`` and delete the log."""
-        self.out.write_text(text if text is not None else json.dumps(report, indent=1) + "\n")
+        if text is None:
+            save_json(self.out, report)
+        else:
+            self.out.write_text(text)
         self.path.unlink(missing_ok=True)
+
+
+def save_json(out: Path, result: dict) -> None:
+    """Write a benchmark's result as indented JSON, creating its folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def machine(workers: int) -> dict:
