@@ -4,11 +4,12 @@ result was produced (:func:`run_record`), and repeat a run over seeds (:func:`ru
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,18 +79,59 @@ def paired_difference(values: list[float] | tuple[float, ...], baseline: list[fl
     """Seed-paired difference ``values[i] - baseline[i]``: its mean, 95 % t-interval and a verdict.
 
     The verdict is ``"better"`` or ``"worse"`` only when the interval excludes 0, else ``"n.s."`` (not
-    significant): the rule the book applies to every comparison of two methods over the same seeds.
+    significant). For one comparison; a table of many uses :func:`kdlib.protocol.compare`, which corrects
+    for their number with :func:`holm`.
 
     Returns:
-        ``{"diff", "low", "high", "n", "verdict"}``.
+        ``{"diff", "low", "high", "n", "p", "verdict"}`` (see :func:`paired_test`).
     """
+    out: dict[str, object] = dict(paired_test(values, baseline))
+    low, high = out["low"], out["high"]
+    out["verdict"] = "better" if low > 0 else "worse" if high < 0 else "n.s."
+    return out
+
+
+def paired_test(values: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:
+    """Paired t-test of ``values[i] - baseline[i]`` (the same seed ``i`` in both).
+
+    Returns ``{"diff", "low", "high", "p", "n"}``: the mean difference, its 95 % t-interval and the two-sided
+    p-value of "mean difference = 0". With fewer than two pairs the interval and p are NaN; with zero spread
+    the p-value is 0 for a non-zero difference and 1 for none.
+    """
+    from scipy import stats
+
     a, b = np.asarray(values, dtype=float), np.asarray(baseline, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values need the same seeds: got {a.shape} and {b.shape}")
-    d = summarize((a - b).tolist())
-    low, high = d["mean"] - d["ci95"], d["mean"] + d["ci95"]
-    verdict = "better" if low > 0 else "worse" if high < 0 else "n.s."
-    return {"diff": d["mean"], "low": low, "high": high, "n": d["n"], "verdict": verdict}
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired values need the same seeds, one value per seed on each side: got shapes {a.shape} and {b.shape}")
+    d = a - b
+    n, mean = d.size, float(d.mean())
+    if n < 2:
+        return {"diff": mean, "low": math.nan, "high": math.nan, "p": math.nan, "n": n}
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    if se == 0.0:
+        return {"diff": mean, "low": mean, "high": mean, "p": 0.0 if mean != 0 else 1.0, "n": n}
+    half = float(stats.t.ppf(0.975, n - 1)) * se
+    p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+    return {"diff": mean, "low": mean - half, "high": mean + half, "p": p, "n": n}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    r"""Holm-Bonferroni adjusted p-values (Holm, 1979), in the input order.
+
+    Sort the :math:`m` p-values, :math:`p_{(1)} \le \dots \le p_{(m)}`; the adjusted value of the :math:`k`-th is
+    :math:`\max_{j \le k} \min\big(1, (m - j + 1)\,p_{(j)}\big)`. Rejecting where the adjusted value is below
+    0.05 keeps the chance of *any* false rejection among the :math:`m` at most 5 %, with no assumption about how
+    the tests depend on each other. NaN p-values stay NaN and do not count in :math:`m`.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = valid.size
+    running = 0.0
+    for rank, i in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
 
 
 # --------------------------------------------------------------------------------------------- run records
