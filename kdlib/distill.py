@@ -23,7 +23,8 @@ from torch import nn
 from kdlib.data import Batch, Dataset
 from kdlib.device import module_device, resolve
 from kdlib.losses import check_alpha, check_temperature, kd_loss, kd_loss_from_log_probs, teacher_log_probs
-from kdlib.train import FitResult, LossTerm, check_model_fits_data, fit, predict
+from kdlib.fidelity import fidelity_monitor
+from kdlib.train import FitResult, LossTerm, Monitor, check_model_fits_data, fit, predict
 
 TeacherLogits = Callable[[Batch], torch.Tensor]
 
@@ -89,6 +90,11 @@ def live_teacher_logits(teacher: nn.Module) -> TeacherLogits:
     return logits
 
 
+def with_fidelity(monitors: Sequence[Monitor], teacher: nn.Module, data: Dataset, fidelity: bool) -> list[Monitor]:
+    """``monitors`` plus, when ``fidelity``, a :func:`~kdlib.fidelity.fidelity_monitor` of ``teacher`` on ``data``."""
+    return [*monitors, fidelity_monitor(teacher, data)] if fidelity else list(monitors)
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -98,6 +104,7 @@ def distill(
     alpha: float = 0.9,
     cache_teacher: bool | None = None,
     extra_terms: Sequence[LossTerm] = (),
+    fidelity: bool = True,
     **fit_kwargs,
 ) -> FitResult:
     r"""Train ``student`` to match a frozen ``teacher`` (Hinton et al., 2015).
@@ -114,6 +121,9 @@ def distill(
         cache_teacher: ``None`` caches the teacher's logits when the data has no augmentation and runs it
             live otherwise; ``True`` forces the cache (an error with augmentation); ``False`` forces live.
         extra_terms: further loss terms (feature or relation distillation).
+        fidelity: record the student's agreement with the teacher and :math:`\mathrm{KL}(p_t\|p_s)` on training
+            and test inputs at every evaluation (:func:`kdlib.fidelity.fidelity_monitor`; history keys
+            ``fidelity/...``).
         **fit_kwargs: passed to :func:`kdlib.train.fit` (epochs/steps, optimizer, lr, seed, device, amp, ...).
 
     Returns:
@@ -140,6 +150,7 @@ def distill(
             term = KDTerm(None, temperature=t, weight=a, teacher_log_probs=lambda batch: cached[batch.index])
         else:
             term = KDTerm(live_teacher_logits(teacher), temperature=t, weight=a)
-        result = fit(student, data, ce_weight=1.0 - a, loss_terms=[term, *extra_terms], **fit_kwargs)
+        monitors = with_fidelity(fit_kwargs.pop("monitors", ()), teacher, data, fidelity)
+        result = fit(student, data, ce_weight=1.0 - a, loss_terms=[term, *extra_terms], monitors=monitors, **fit_kwargs)
     result.config.update(temperature=t, alpha=a, cached_teacher=use_cache)
     return result

@@ -35,7 +35,7 @@ from torch import nn
 
 from kdlib.data import Batch, Dataset
 from kdlib.device import module_device, resolve
-from kdlib.distill import frozen
+from kdlib.distill import frozen, with_fidelity
 from kdlib.features import FeatureRecorder, feature_shapes
 from kdlib.repro import seed_everything
 from kdlib.train import DEFAULT_BATCH_SIZE, FitResult, check_model_fits_data, count_steps, fit
@@ -340,6 +340,8 @@ class Distiller:
         cache_teacher: ``None`` caches the teacher's outputs when the data has no augmentation and the cache
             fits in ``cache_limit_mb``; ``True`` requires the cache; ``False`` always runs the teacher live.
         cache_limit_mb: the largest teacher cache (logits and features of the whole training split) to keep.
+        fidelity: record teacher–student agreement and KL on training and test inputs in the history
+            (:func:`kdlib.fidelity.fidelity_monitor`).
     """
 
     def __init__(
@@ -351,6 +353,7 @@ class Distiller:
         ce_weight: float = 1.0,
         cache_teacher: bool | None = None,
         cache_limit_mb: float = 512.0,
+        fidelity: bool = True,
     ) -> None:
         if student is teacher:
             raise ValueError("the student and the teacher are the same module; distill into a separate copy")
@@ -367,6 +370,7 @@ class Distiller:
         self.ce_weight = float(ce_weight)
         self.cache_teacher = cache_teacher
         self.cache_limit_mb = float(cache_limit_mb)
+        self.fidelity = bool(fidelity)
 
     def parameters(self) -> list[nn.Parameter]:
         """The trainable parameters: the student's and the terms' (adapters and embedding heads exist once
@@ -425,7 +429,9 @@ class Distiller:
             for term in self.terms:
                 term._step = step
             try:
-                result = fit(student, data, ce_weight=self.ce_weight, loss_terms=self.terms, **fit_kwargs)
+                monitors = with_fidelity(fit_kwargs.pop("monitors", ()), teacher, data, self.fidelity)
+                result = fit(student, data, ce_weight=self.ce_weight, loss_terms=self.terms, monitors=monitors,
+                             **fit_kwargs)
             finally:
                 for term in self.terms:
                     term._step = None

@@ -4,6 +4,7 @@ they import no trainer, so plotting never re-runs an experiment."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -139,3 +140,57 @@ def _short(value: float) -> str:
         if abs(value) >= threshold:
             return f"{value / threshold:.3g}{suffix}"
     return f"{value:.3g}"
+
+
+def fidelity(
+    histories: Mapping[str, Sequence[Mapping[str, float]]],
+    *,
+    x: str = "step",
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Teacher–student fidelity over training: top-1 agreement (left) and KL(teacher ‖ student) (right).
+
+    ``histories`` maps a label to a ``FitResult.history`` recorded with a :class:`kdlib.fidelity.Fidelity`
+    monitor (every distillation run has one). Solid lines are training inputs, dashed lines test inputs; a
+    gap between them is the part of the teacher's function the student fitted without generalizing it.
+    """
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4), layout="constrained")
+    else:
+        fig = axes[0].figure
+    for color, (label, rows) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, histories.items()):
+        for split, style in (("train", "-"), ("test", "--")):
+            key = f"fidelity/{split}_agreement"
+            if not rows or key not in rows[0]:
+                raise KeyError(f"history {label!r} has no {key!r}; record it with kdlib.fidelity.Fidelity")
+            steps = [r[x] for r in rows]
+            axes[0].plot(steps, [100 * r[key] for r in rows], style, color=color, label=f"{label}, {split}")
+            axes[1].plot(steps, [r[f"fidelity/{split}_kl"] for r in rows], style, color=color)
+    axes[0].set_ylabel("agreement with the teacher (%)")
+    axes[1].set_ylabel("KL(teacher ‖ student) (nats)")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def effects(table: Any, *, ax: Axes | None = None, xlabel: str = "difference to the baseline (points)") -> Axes:
+    """The paired differences of a :func:`kdlib.protocol.compare` table, one row per arm, with their 95 % intervals.
+
+    Green and red mark the arms whose Holm-corrected verdict is ``"better"`` or ``"worse"``; grey the others.
+    The baseline row (no difference) is left out.
+    """
+    rows = table[table["verdict"] != "—"] if "verdict" in table else table.iloc[1:]
+    ax = _axes(ax, (6.5, 0.8 + 0.38 * len(rows)))
+    ypos = np.arange(len(rows))[::-1]
+    colors = [{"better": "tab:green", "worse": "tab:red"}.get(v, "0.45") for v in rows["verdict"]]
+    ax.errorbar(rows["diff"], ypos, xerr=[rows["diff"] - rows["low"], rows["high"] - rows["diff"]], fmt="none",
+                ecolor="0.6", capsize=2)
+    ax.scatter(rows["diff"], ypos, c=colors, zorder=3)
+    ax.axvline(0, color="0.3", linewidth=1)
+    ax.set_yticks(ypos, [str(i) for i in rows.index])
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    return ax

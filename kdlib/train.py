@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -43,6 +43,8 @@ from kdlib.run_state import (
 )
 
 OptimizerSpec = str | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+#: Called with the model at every evaluation; what it returns is added to that evaluation's history record.
+Monitor = Callable[[nn.Module], Mapping[str, float]]
 ScheduleSpec = str | Callable[[int], float] | None
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -332,6 +334,7 @@ def fit(
     ce_weight: float = 1.0,
     label_smoothing: float = 0.0,
     loss_terms: Sequence[LossTerm] = (),
+    monitors: Sequence[Monitor] = (),
     eval_every: int | None = None,
     grad_clip: float | None = None,
     progress: bool | None = None,
@@ -367,6 +370,9 @@ def fit(
         ce_weight: weight of the cross-entropy term (``1 - alpha`` in Hinton's KD; 0 drops it).
         label_smoothing: label smoothing of the cross-entropy term (Müller et al. 2019).
         loss_terms: extra :class:`LossTerm` s (distillation, regularizers).
+        monitors: callables ``monitor(model) -> {name: value}`` run at every evaluation, after the test
+            accuracy; their values join the history record (e.g. :class:`kdlib.fidelity.Fidelity`, which
+            :func:`~kdlib.distill.distill` adds by itself).
         eval_every: evaluate every this many steps; default once per epoch. The final weights are always
             evaluated.
         grad_clip: if set, clip the global gradient norm to this value. The history's ``grad_norm`` is
@@ -412,6 +418,8 @@ def fit(
         raise ValueError(f"ce_weight must be >= 0, got {ce_weight}")
     if not isinstance(data, Dataset):
         raise TypeError(f"data must be a kdlib.data.Dataset, got {type(data).__name__}")
+    if any(not callable(m) for m in monitors):
+        raise TypeError("monitors must be callables monitor(model) -> dict of numbers")
     if on_nonfinite not in _ON_NONFINITE:
         raise ValueError(f"on_nonfinite must be 'raise' or 'rollback', got {on_nonfinite!r}")
     ckpt_path = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
@@ -536,6 +544,8 @@ def fit(
             record.update(loop.running.summary())
             test = evaluate(model, data.test, amp=amp)
             record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], train_seconds=loop.train_seconds)
+            for monitor in monitors:
+                record.update({name: float(value) for name, value in monitor(model).items()})
             loop.history.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{test['accuracy']:.3f}")
             loop.running = _Running([t.name for t in loss_terms])
