@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from kdlib.losses import (
     confidence_weights,
     ensemble_log_probs,
+    hard_label_loss,
     kd_loss,
     multi_teacher_kd_loss,
     tf_kd_reg_loss,
@@ -455,3 +456,16 @@ def test_bad_temperature(bad):
         multi_teacher_kd_loss(s, z, bad)
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         tf_kd_reg_loss(s, y, temperature=bad)
+
+
+def test_hard_label_loss_is_cross_entropy_with_the_teachers_top_class():
+    s = torch.randn(6, 4, requires_grad=True)
+    t = torch.randn(6, 4, requires_grad=True)
+    loss = hard_label_loss(s, t)
+    assert float(loss) == pytest.approx(float(F.cross_entropy(s, t.argmax(1))))
+    loss.backward()
+    assert t.grad is None and s.grad is not None  # no gradient reaches the teacher
+    # The T -> 0 limit of KD (up to scale): sharper and sharper teacher targets give the same ranking.
+    assert float(hard_label_loss(s, t * 100)) == pytest.approx(float(loss))
+    with pytest.raises(ValueError):
+        hard_label_loss(torch.randn(6, 4), torch.randn(6, 5))

@@ -1,4 +1,5 @@
-"""KD against constructed teachers: a hand-designed virtual teacher, and a weighted ensemble of teachers.
+"""KD against constructed targets: the teacher's hard labels, a hand-designed virtual teacher, and a weighted
+ensemble of teachers.
 
 Shapes: student logits ``(N, C)``; an ensemble's logits are stacked as ``(K, N, C)`` for ``K`` teachers;
 targets are ``(N,)`` int64 class indices. Teachers are constants (detached). Computed in float32 or wider.
@@ -16,11 +17,27 @@ from kdlib.losses.logit import _check_targets, _compute_dtype, kd_loss_from_log_
 
 __all__ = [
     "confidence_weights",
+    "hard_label_loss",
     "ensemble_log_probs",
     "multi_teacher_kd_loss",
     "tf_kd_reg_loss",
     "virtual_teacher_log_probs",
 ]
+
+
+def hard_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    r"""Cross-entropy of the student with the teacher's top-1 class: training on the teacher's *hard* labels.
+
+    .. math::  \mathcal{L} = \frac{1}{N}\sum_n -\log \mathrm{softmax}(s_n)_{\hat y_n}, \qquad
+        \hat y_n = \arg\max_c t_{n,c}
+
+    The :math:`T \to 0` limit of :func:`~kdlib.losses.kd_loss` up to its scale, and the pseudo-labels of
+    self-training (Lee, 2013): the control that separates what a teacher's *soft* targets add from what its
+    decisions on extra or augmented inputs add (Hinton et al., 2015, §3 compare both). No gradient reaches the
+    teacher.
+    """
+    check_logits(student_logits, teacher_logits)
+    return F.cross_entropy(student_logits.to(_compute_dtype(student_logits)), teacher_logits.detach().argmax(1))
 
 
 def virtual_teacher_log_probs(targets: torch.Tensor, num_classes: int, correct_prob: float = 0.9) -> torch.Tensor:
