@@ -34,14 +34,23 @@ import torch
 
 from kdlib import data, models
 from kdlib.distiller import Distiller
-from kdlib.methods import METHODS, method_terms
+from kdlib.methods import METHODS, method_terms, standardized_dkd
+
+
+def dkd_recipe() -> dict:
+    return {k: METHODS["dkd"].recipe[k] for k in ("alpha", "beta")}
 from kdlib.train import fit
 
 OUT = Path(__file__).parent / "results" / "cifar100"
 PAIRS = {"resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4"), "resnet56-resnet20": ("resnet56", "resnet20")}
 # Per-pair settings of the reference configs that differ from the method's default recipe
-# (mdistiller configs/cifar100/dkd/res56_res20.yaml: DKD.BETA 2.0).
-OVERRIDES = {"resnet56-resnet20": {"dkd": {"beta": 2.0}, "dkd_ls": {"beta": 2.0}}}
+# (mdistiller configs/cifar100/dkd/res56_res20.yaml: DKD.BETA 2.0). DKD + logit standardization derives its
+# weights from DKD's by the reference code's rule (alpha and beta times 9, T = 2), per pair as well.
+DKD_OVERRIDES = {"resnet56-resnet20": {"beta": 2.0}}
+OVERRIDES = {
+    pair: {"dkd": dkd, "dkd_ls": standardized_dkd(**{**dkd_recipe(), **dkd})}
+    for pair, dkd in DKD_OVERRIDES.items()
+}
 
 
 def sgd_protocol(epochs: int) -> dict:
@@ -90,10 +99,8 @@ def main() -> None:
     teacher = models.create(teacher_name, 100)
     teacher.load_state_dict(torch.load(teacher_path.with_suffix(".pt"), weights_only=True))
     student = models.create(student_name, 100, seed=args.seed)
-    terms, ce_weight = method_terms(args.method, student, teacher, dataset.input_shape)
     overrides = OVERRIDES.get(args.pair, {}).get(args.method, {})
-    if overrides:  # only DKD's LogitTerm has overrides; its loss keyword arguments live in term.kwargs
-        terms[0].kwargs.update(overrides)
+    terms, ce_weight = method_terms(args.method, student, teacher, dataset.input_shape, **overrides)
     if terms:
         result = Distiller(student, teacher, terms, ce_weight=ce_weight).fit(dataset, **common)
     else:

@@ -91,16 +91,17 @@ def default_layers(student: nn.Module, teacher: nn.Module, input_shape: Sequence
 
 @dataclass(frozen=True)
 class Method:
-    """A distillation method: its terms (built for a pair of models) and the cross-entropy weight beside them.
+    """A distillation method: its terms (built for a pair of models from a recipe) and the cross-entropy weight.
 
     Attributes:
         name: registry key.
         title: the name the papers use.
         family: ``"baseline"``, ``"logit"``, ``"feature"``, ``"relation"`` or ``"contrastive"``.
         cite: the BibTeX key of the paper.
-        ce_weight: weight of the cross-entropy with the labels.
-        build: ``build(layers) -> terms``.
-        recipe: the hyper-parameters, for tables.
+        ce_weight: weight of the cross-entropy with the labels in the reference recipe.
+        build: ``build(layers, **recipe) -> terms``.
+        recipe: the reference hyper-parameters, the keyword arguments of ``build``.
+        main: the recipe key that sets how strongly the method pulls (a loss weight), the one to tune first.
     """
 
     name: str
@@ -108,61 +109,88 @@ class Method:
     family: str
     cite: str
     ce_weight: float
-    build: Callable[[Layers], list[Term]]
+    build: Callable[..., list[Term]]
     recipe: dict[str, float] = field(default_factory=dict)
+    main: str | None = None
 
 
-def _attention_terms(layers: Layers) -> list[Term]:
+def _attention_terms(layers: Layers, weight: float) -> list[Term]:
     if not layers.maps:
         raise NotApplicable(
             "attention transfer needs feature maps of the same spatial size in both models; "
             "this pair has none (an MLP has no spatial maps)"
         )
     return [
-        FeatureTerm(s, t, at_loss, weight=1000.0, adapter=None, name=f"at{i}")
+        FeatureTerm(s, t, at_loss, weight=weight, adapter=None, name=f"at{i}")
         for i, (s, t) in enumerate(layers.maps, start=1)
     ]
 
 
-def _method(name: str, title: str, family: str, cite: str, ce_weight: float, build, **recipe: float) -> Method:
-    return Method(name, title, family, cite, ce_weight, build, dict(recipe))
+#: Logit standardization's recipe (Sun et al. 2024; ``tools/train.py`` of the reference code, whose README runs
+#: every method with ``--logit-stand --base-temp 2 --kd-weight 9``): KD's weight becomes 9 and its T 2, with
+#: cross-entropy weight 0.1 (``CFG.KD.LOSS.CE_WEIGHT`` of the config since 2024-03-10; 1 before); DKD keeps its
+#: cross-entropy weight 1 and has its alpha and beta multiplied by 9 and its T set to 2.
+LS_KD_WEIGHT = 9.0
+LS_BASE_TEMPERATURE = 2.0
+LS_KD_CE_WEIGHT = 0.1
+
+
+def standardized_dkd(alpha: float = 1.0, beta: float = 8.0) -> dict[str, float]:
+    """DKD's recipe under logit standardization, from DKD's own alpha and beta (rule of :data:`LS_KD_WEIGHT`)."""
+    return dict(alpha=alpha * LS_KD_WEIGHT, beta=beta * LS_KD_WEIGHT, T=LS_BASE_TEMPERATURE)
+
+
+def _method(name: str, title: str, family: str, cite: str, ce_weight: float, build, main: str | None = None,
+            **recipe: float) -> Method:
+    return Method(name, title, family, cite, ce_weight, build, dict(recipe), main)
+
+
+def _dkd(standardize: bool, name: str) -> Callable[..., list[Term]]:
+    def build(layers: Layers, alpha: float, beta: float, T: float) -> list[Term]:
+        return [LogitTerm(dkd_loss, targets=True, alpha=alpha, beta=beta, temperature=T, standardize=standardize,
+                          warmup=20 / 240, name=name)]
+
+    return build
 
 
 #: Every method in kdlib, with the reference recipes. Weights: RepDistiller's table runs for the feature,
 #: relation and contrastive methods (CE 1 + beta * loss), mdistiller for DKD and DIST, the logit-standardization
-#: code for "kd_ls" and "dkd_ls". DIST's CIFAR values (beta = gamma = 2, T = 4) come from re-implementations.
+#: code for "kd_ls" and "dkd_ls" (see :data:`LS_KD_WEIGHT`). DIST's CIFAR values (beta = gamma = 2, T = 4) come
+#: from re-implementations.
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         _method("student", "Student alone (cross-entropy)", "baseline", "hinton2015distilling", 1.0, lambda l: []),
         _method("kd", "KD", "logit", "hinton2015distilling", 0.1,
-                lambda l: [LogitTerm(kd_loss, weight=0.9, temperature=4.0)], weight=0.9, T=4.0),
+                lambda l, weight, T: [LogitTerm(kd_loss, weight=weight, temperature=T)], "weight", weight=0.9, T=4.0),
         _method("mse", "Logit matching (MSE)", "logit", "ba2014deep", 0.1,
-                lambda l: [LogitTerm(mse_logit_loss, weight=0.9)], weight=0.9),
-        _method("dkd", "DKD", "logit", "zhao2022decoupled", 1.0,
-                lambda l: [LogitTerm(dkd_loss, targets=True, alpha=1.0, beta=8.0, temperature=4.0, warmup=20 / 240)],
+                lambda l, weight: [LogitTerm(mse_logit_loss, weight=weight)], "weight", weight=0.9),
+        _method("dkd", "DKD", "logit", "zhao2022decoupled", 1.0, _dkd(False, "dkd"), "beta",
                 alpha=1.0, beta=8.0, T=4.0),
         _method("dist", "DIST", "logit", "huang2022knowledge", 1.0,
-                lambda l: [LogitTerm(dist_loss, beta=2.0, gamma=2.0, temperature=4.0)], beta=2.0, gamma=2.0, T=4.0),
-        _method("kd_ls", "KD + logit standardization", "logit", "sun2024logit", 0.1,
-                lambda l: [LogitTerm(kd_loss, weight=9.0, temperature=2.0, standardize=True, name="kd_ls")],
-                weight=9.0, T=2.0),
-        _method("dkd_ls", "DKD + logit standardization", "logit", "sun2024logit", 1.0,
-                lambda l: [LogitTerm(dkd_loss, targets=True, alpha=1.0, beta=8.0, temperature=4.0, standardize=True,
-                                     warmup=20 / 240, name="dkd_ls")],
-                alpha=1.0, beta=8.0, T=4.0),
+                lambda l, beta, gamma, T: [LogitTerm(dist_loss, beta=beta, gamma=gamma, temperature=T)], "beta",
+                beta=2.0, gamma=2.0, T=4.0),
+        _method("kd_ls", "KD + logit standardization", "logit", "sun2024logit", LS_KD_CE_WEIGHT,
+                lambda l, weight, T: [LogitTerm(kd_loss, weight=weight, temperature=T, standardize=True, name="kd_ls")],
+                "weight", weight=LS_KD_WEIGHT, T=LS_BASE_TEMPERATURE),
+        _method("dkd_ls", "DKD + logit standardization", "logit", "sun2024logit", 1.0, _dkd(True, "dkd_ls"), "beta",
+                **standardized_dkd()),
         _method("fitnet", "FitNets", "feature", "romero2015fitnets", 1.0,
-                lambda l: [FeatureTerm(*l.hint, fitnet_loss, weight=100.0)], weight=100.0),
-        _method("at", "Attention transfer", "feature", "zagoruyko2017attention", 1.0, _attention_terms, weight=1000.0),
+                lambda l, weight: [FeatureTerm(*l.hint, fitnet_loss, weight=weight)], "weight", weight=100.0),
+        _method("at", "Attention transfer", "feature", "zagoruyko2017attention", 1.0, _attention_terms, "weight",
+                weight=1000.0),
         _method("sp", "Similarity-preserving", "relation", "tung2019similarity", 1.0,
-                lambda l: [FeatureTerm(*l.last, sp_loss, weight=3000.0, adapter=None)], weight=3000.0),
+                lambda l, weight: [FeatureTerm(*l.last, sp_loss, weight=weight, adapter=None)], "weight",
+                weight=3000.0),
         _method("rkd", "RKD (distance + angle)", "relation", "park2019relational", 1.0,
-                lambda l: [FeatureTerm(*l.embedding, rkd_loss, weight=1.0, adapter=None)],
-                weight=1.0, distance=25.0, angle=50.0),
+                lambda l, weight, distance, angle: [FeatureTerm(*l.embedding, rkd_loss, weight=weight, adapter=None,
+                                                                distance_weight=distance, angle_weight=angle)],
+                "weight", weight=1.0, distance=25.0, angle=50.0),
         _method("pkt", "PKT", "relation", "passalis2018learning", 1.0,
-                lambda l: [FeatureTerm(*l.embedding, pkt_loss, weight=30000.0, adapter=None)], weight=30000.0),
+                lambda l, weight: [FeatureTerm(*l.embedding, pkt_loss, weight=weight, adapter=None)], "weight",
+                weight=30000.0),
         _method("crd", "CRD", "contrastive", "tian2020contrastive", 1.0,
-                lambda l: [CRDTerm(*l.embedding, weight=0.8, shared_negatives=True)], weight=0.8),
+                lambda l, weight: [CRDTerm(*l.embedding, weight=weight, shared_negatives=True)], "weight", weight=0.8),
     ]
 }
 
@@ -173,17 +201,26 @@ def method_terms(
     teacher: nn.Module,
     input_shape: Sequence[int],
     layers: Layers | None = None,
+    **overrides: float,
 ) -> tuple[list[Term], float]:
     """The terms and the cross-entropy weight of method ``name`` for this pair of models.
 
+    ``overrides`` replace entries of the method's recipe (e.g. ``beta=1.0`` for DKD), and ``ce_weight=``
+    replaces its cross-entropy weight: how a tuning grid or another paper's settings are expressed.
+
     Raises:
-        ValueError: an unknown method (the message lists them).
+        ValueError: an unknown method or recipe key (the message lists them).
         NotApplicable: the method cannot use this pair (see :func:`default_layers`).
     """
     method = _lookup(name)
-    if method.family in ("baseline", "logit"):
-        return method.build(layers), method.ce_weight  # type: ignore[arg-type]
-    return method.build(layers or default_layers(student, teacher, input_shape)), method.ce_weight
+    ce_weight = float(overrides.pop("ce_weight", method.ce_weight))
+    unknown = sorted(set(overrides) - set(method.recipe))
+    if unknown:
+        raise ValueError(f"{name} has no recipe keys {unknown}; its recipe is {method.recipe} (and ce_weight)")
+    recipe = {**method.recipe, **overrides}
+    if method.family not in ("baseline", "logit"):
+        layers = layers or default_layers(student, teacher, input_shape)
+    return method.build(layers, **recipe), ce_weight
 
 
 def distill_with(
@@ -194,21 +231,23 @@ def distill_with(
     *,
     layers: Layers | None = None,
     cache_teacher: bool | None = None,
+    recipe: dict[str, float] | None = None,
     **fit_kwargs,
 ) -> FitResult:
     """Train ``student`` with method ``name`` (``"student"`` trains it alone, without the teacher).
 
+    ``recipe`` overrides entries of the method's recipe and its ``ce_weight`` (see :func:`method_terms`);
     ``fit_kwargs`` go to :func:`kdlib.train.fit` (epochs/steps, lr, seed, device, ...). The result's
-    ``config["method"]`` records the method's name.
+    ``config`` records the method's name and the recipe used.
     """
-    terms, ce_weight = method_terms(name, student, teacher, data.input_shape, layers)
+    terms, ce_weight = method_terms(name, student, teacher, data.input_shape, layers, **(recipe or {}))
     if not terms:
-        result = fit(student, data, **fit_kwargs)
+        result = fit(student, data, ce_weight=ce_weight, **fit_kwargs)
     else:
         result = Distiller(student, teacher, terms, ce_weight=ce_weight, cache_teacher=cache_teacher).fit(
             data, **fit_kwargs
         )
-    result.config["method"] = name
+    result.config.update(method=name, recipe={**_lookup(name).recipe, **(recipe or {})})
     return result
 
 

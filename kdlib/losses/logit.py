@@ -155,8 +155,10 @@ def kd_loss(
     reference code. The loss then no longer asks the student to match the teacher's logit range, only
     its logit relations: it is invariant to per-sample shift and positive scaling of either side. The
     reference runs for CIFAR-100 (resnet32x4 to resnet8x4, KD + LS 76.62%) use ``--base-temp 2
-    --kd-weight 9``: :math:`T = 2`, KD weight 9 next to cross-entropy weight 1 (some pairs use
-    :math:`T = 3`; the log file names record both).
+    --kd-weight 9``: :math:`T = 2`, KD weight 9 next to cross-entropy weight 0.1, the
+    ``CFG.KD.LOSS.CE_WEIGHT`` of the reference config since its commit of 2024-03-10 (1 before; some pairs use
+    :math:`T = 3`; the log file names record both). :data:`kdlib.methods.METHODS` ``["kd_ls"]`` follows the
+    later config. Hinton's KD itself, :func:`hinton_loss`, weighs cross-entropy by :math:`1 - \alpha`.
 
     Args:
         student_logits: ``(N, C)`` raw student outputs; gradients flow into these.
@@ -350,7 +352,9 @@ def dkd_loss(
     CIFAR-100 pairs use another :math:`\beta` (2 for resnet56 to resnet20, 6 for the WRN pairs, per their
     config files). The reference also multiplies the whole DKD term by a linear warm-up,
     :math:`\min(\mathrm{epoch}/20, 1)` (``CFG.DKD.WARMUP = 20``); that schedule belongs to the training
-    loop and is **not** part of this function: scale the loss weight yourself to reproduce it.
+    loop and is **not** part of this function: scale the loss weight yourself to reproduce it. With
+    ``standardize=True`` the reference code multiplies :math:`\alpha` and :math:`\beta` by 9 and sets
+    :math:`T = 2` (:func:`kdlib.methods.standardized_dkd`: :math:`\alpha = 9`, :math:`\beta = 72`).
 
     Args:
         student_logits: ``(N, C)`` raw student outputs, ``C >= 2``; gradients flow into these.
