@@ -1,169 +1,220 @@
-"""Every distillation method in kdlib on the same teacher/student pairs, over several seeds.
+"""Every distillation method in kdlib on one compression pair, under the book's protocol (chapter 5).
 
-Pairs (CPU scale, chapter 5):
+The pair is ``pairs.PAIRS["narrow"]``: the MNIST-1D CNN teacher (25 channels, trained with shifts) and the same
+CNN with 8 channels, 6× fewer parameters, so every method applies, attention transfer included. Every run sees
+the shifts, the teacher live on the same shifted batch. Stages, each run logged as it ends (an interrupted
+sweep resumes from ``method_zoo.partial.jsonl``):
 
-* ``mnist1d``: the MNIST-1D CNN teacher (6,000 steps) → the 40-100-100-10 MLP student (3,000 steps);
-* ``fashion``: the "cnn" teacher → LeNet-5, both on a 10,000-image subset of Fashion-MNIST (test: all 10,000).
+1. **Tuning** (validation split, seed 0, :data:`TUNE_STEPS` steps, half the final budget to halve the cost):
+   the student alone over ``pairs.ALONE_GRID`` and
+   KD over ``pairs.KD_GRID`` (learning rate × temperature, 9 each); then every other method at KD's learning rate
+   over 3 values of its main knob (:data:`GRIDS`: a loss weight at 0.1, 1 and 10 times the paper's; DKD's beta
+   with the ImageNet and CIFAR recipes; the cross-entropy weight where the recipe sets it).
+2. **Methods** on the test set, seeds 0–4, at the tuned settings, at :data:`TUNE_STEPS` and :data:`STEPS` steps
+   (the two budgets show whether the results have converged); a random-teacher control (an untrained CNN as
+   the teacher, the method's tuned settings) for KD and the relation and contrastive methods.
 
-One teacher per pair (seed 0) is shared by every run, so the seeds vary the student's initialization and
-data order only. Each method uses its paper recipe from :data:`kdlib.methods.METHODS`, with the same optimizer
-(Adam, cosine schedule) and step budget as the student trained alone. Runs are spread over ``--workers``
-processes of one thread each (independent runs; timings here are not comparable between methods, see
-``benchmarks/distill_throughput.py`` for that). Results go to ``benchmarks/results/method_zoo.json``; an interrupted sweep resumes from
-``method_zoo.partial.jsonl`` (the teachers are retrained identically from seed 0).
+Runs spread over ``--workers`` processes of one thread each. RKD's O(b³) angle term costs ~35 ms per step on a
+CPU core (17 minutes per run of 24,000 steps) and CRD's memory bank ~15 ms: the methods of ``--short-methods``
+run at :data:`TUNE_STEPS` only, with :data:`SHORT_CONTROL_SEEDS` seeds for their random-teacher control, and on
+CUDA (``--gpu-workers`` processes) when a GPU is present. The committed results come from two machines: the
+tuning and the :data:`TUNE_STEPS` runs from a lent GPU machine (16 Xeon cores, H200; torch 2.11), the
+:data:`STEPS` runs and the runs it did not finish from this book's 2-core machine; each record names its host.
 
-Usage: ``python benchmarks/method_zoo.py [--seeds 5] [--workers 2] [--pairs mnist1d fashion] [--smoke]``
+Usage: ``python benchmarks/method_zoo.py [--workers 2] [--seeds 5] [--gpu-methods rkd crd] [--smoke]``
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import multiprocessing as mp
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from kdlib import data as kdata
-from kdlib import models
-from kdlib.methods import METHODS, NotApplicable, distill_with
+import pairs
+from kdlib.methods import METHODS, NotApplicable, distill_with, standardized_dkd
+from kdlib.profile import cpu_name
 from kdlib.train import fit
 from sweep import RunLog, machine
 
 RESULTS = Path(__file__).parent / "results" / "method_zoo.json"
+PAIR = pairs.PAIRS["narrow"]
+TUNE_STEPS = 12_000
+STEPS = 24_000
+SHORT_CONTROL_SEEDS = 3
+EVAL_EVERY = 400
 
 
-@dataclass(frozen=True)
-class Pair:
-    dataset: str
-    teacher: str
-    student: str
-    teacher_fit: dict
-    student_fit: dict
-    data_kwargs: dict
-
-    def load(self, smoke: bool) -> kdata.Dataset:
-        kwargs = dict(self.data_kwargs)
-        if smoke:
-            kwargs.update(train_size=512, test_size=256)
-        return kdata.load(self.dataset, device="cpu", **kwargs)
+def _scaled(method: str, key: str, factors=(0.1, 1.0, 10.0)) -> list[dict]:
+    return [{key: METHODS[method].recipe[key] * f} for f in factors]
 
 
-PAIRS = {
-    "mnist1d": Pair(
-        "mnist1d", "mnist1d_cnn", "mlp",
-        teacher_fit=dict(steps=6000, batch_size=100, lr=1e-2),
-        student_fit=dict(steps=3000, batch_size=100, lr=1e-3),
-        data_kwargs={},
-    ),
-    "fashion": Pair(
-        "fashion_mnist", "cnn", "lenet5",
-        teacher_fit=dict(epochs=3, batch_size=128, lr=2e-3),
-        student_fit=dict(epochs=5, batch_size=128, lr=2e-3),
-        data_kwargs=dict(train_size=10_000),
-    ),
+#: Each method's tuning grid (3 configurations), recipe overrides for ``distill_with``.
+GRIDS: dict[str, list[dict]] = {
+    "kd": [{"weight": a, "ce_weight": round(1 - a, 4)} for a in (0.5, 0.9, 1.0)],
+    "mse": [{"weight": a, "ce_weight": round(1 - a, 4)} for a in (0.5, 0.9, 1.0)],
+    "dkd": [{"beta": 0.5, "T": 1.0}, {"beta": 2.0, "T": 4.0}, {"beta": 8.0, "T": 4.0}],  # ImageNet ... CIFAR recipe
+    "dist": [{"beta": b, "gamma": b} for b in (0.2, 2.0, 20.0)],
+    "kd_ls": _scaled("kd_ls", "weight"),
+    "dkd_ls": [standardized_dkd(beta=b) for b in (0.5, 2.0, 8.0)],
+    "fitnet": _scaled("fitnet", "weight"),
+    "at": _scaled("at", "weight"),
+    "sp": _scaled("sp", "weight"),
+    "rkd": _scaled("rkd", "weight"),
+    "pkt": _scaled("pkt", "weight"),
+    "crd": _scaled("crd", "weight"),
 }
+RANDOM_TEACHER = ("kd", "sp", "rkd", "pkt", "crd")
 
 
-def shrink(fit_kwargs: dict) -> dict:
-    """Smoke settings: a handful of steps, enough to exercise every code path."""
-    small = {k: v for k, v in fit_kwargs.items() if k not in ("steps", "epochs")}
-    return {**small, "steps": 20}
-
-
-def train_teacher(pair: Pair, smoke: bool, path: Path) -> float:
-    dataset = pair.load(smoke)
-    teacher = models.create(pair.teacher, dataset.num_classes, seed=0)
-    kwargs = shrink(pair.teacher_fit) if smoke else pair.teacher_fit
-    result = fit(teacher, dataset, seed=0, progress=False, **kwargs)
-    torch.save(teacher.state_dict(), path)
-    return result.final_accuracy
-
-
-@functools.cache
-def load_dataset(pair_name: str, smoke: bool) -> kdata.Dataset:
-    """The pair's data, read once per worker process (every run only reads it)."""
-    return PAIRS[pair_name].load(smoke)
-
-
-def run_one(task: tuple[str, str, int, str, bool]) -> dict:
-    pair_name, method, seed, teacher_path, smoke = task
+def run(task: dict) -> dict:
     torch.set_num_threads(1)
-    pair = PAIRS[pair_name]
-    dataset = load_dataset(pair_name, smoke)
-    teacher = models.create(pair.teacher, dataset.num_classes)
-    teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
-    student = models.create(pair.student, dataset.num_classes, seed=seed)
-    kwargs = shrink(pair.student_fit) if smoke else pair.student_fit
-    record = dict(pair=pair_name, method=method, seed=seed)
+    smoke, seed, method = task["smoke"], task["seed"], task["method"]
+    data = pairs.view("shifts" + ("/validation" if task["stage"] == "tune" else ""), smoke)
+    settings = dict(task["settings"])
+    record = {k: task[k] for k in ("stage", "method", "seed", "steps", "teacher", "settings_key")}
+    record["settings"] = settings
+    common = dict(steps=task["steps"], batch_size=pairs.BATCH_SIZE, seed=seed, progress=False,
+                  eval_every=EVAL_EVERY, device=task["device"])
+    student = PAIR.make_student(seed)
     start = time.perf_counter()
     try:
-        result = distill_with(method, student, teacher, dataset, seed=seed, progress=False, **kwargs)
+        if method == "student":
+            result = fit(student, data, **common, **pairs.regularized(settings))
+        else:
+            if task["teacher"] == "random":
+                teacher = PAIR.make_teacher(seed=1000)
+            else:
+                teacher = pairs.load_model(PAIR.make_teacher, Path(task["folder"]) / "teacher0.pt")
+            recipe = {k: v for k, v in settings.items() if k != "lr"}
+            if method == "kd" and "temperature" in recipe:  # KD's first-stage grid speaks of T, the recipe of T
+                recipe["T"] = recipe.pop("temperature")
+            result = distill_with(method, student, teacher, data, recipe=recipe, lr=settings["lr"], **common)
     except NotApplicable as err:
         return {**record, "status": "n/a", "reason": str(err)}
-    return {
-        **record,
-        "status": "ok",
-        "final_accuracy": result.final_accuracy,
-        "best_accuracy": result.best_accuracy,
-        "train_seconds": result.train_seconds,
-        "wall_seconds": time.perf_counter() - start,
-    }
+    except FloatingPointError as err:
+        return {**record, "status": "diverged", "final_accuracy": float("nan"), "reason": str(err)[:200]}
+    record.update(status="ok", final_accuracy=result.final_accuracy, best_accuracy=result.best_accuracy,
+                  train_seconds=result.train_seconds, wall_seconds=time.perf_counter() - start,
+                  device=str(task["device"]), host=f"{cpu_name()}, torch {torch.__version__}")
+    record.update({k: v for k, v in result.history[-1].items() if k.startswith("fidelity/")})
+    return record
+
+
+def best_settings(log: RunLog, method: str, grid: list[dict]) -> dict:
+    scores = {}
+    for r in log.records:
+        if r["stage"] == "tune" and r["method"] == method and r["status"] == "ok":
+            scores[repr(sorted(r["settings"].items()))] = r["final_accuracy"]
+    return max(grid, key=lambda c: _score(scores.get(repr(sorted(c.items())))))
+
+
+def run_all(tasks: list[dict], log: RunLog, args: argparse.Namespace) -> None:
+    """CPU tasks in one pool, GPU tasks (``--gpu-methods``, when CUDA is there) in another, at the same time."""
+    keys = ("stage", "method", "seed", "steps", "teacher", "settings_key")
+    describe = lambda r: (f"{r['stage']} {r['method']} {r['settings']} teacher {r['teacher']} seed {r['seed']} "  # noqa: E731
+                          f"steps {r['steps']} ({r.get('device')}): {r.get('final_accuracy', r['status'])}")
+    gpu = torch.cuda.is_available() and not args.smoke
+    on_gpu = [t for t in tasks if gpu and t["method"] in args.short_methods]
+    on_cpu = [t for t in tasks if t not in on_gpu]
+    for t in on_gpu:
+        t["device"] = "cuda"
+    lock = threading.Lock()
+
+    class Locked:  # both pools append to one log from two threads
+        def done(self, *k):
+            with lock:
+                return log.done(*k)
+
+        def add(self, *records):
+            with lock:
+                log.add(*records)
+
+    threads = [threading.Thread(target=pairs.pool_runs, args=(run, part, Locked(), keys, n, describe))
+               for part, n in ((on_cpu, args.workers), (on_gpu, args.gpu_workers)) if part]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--gpu-workers", type=int, default=4)
+    parser.add_argument("--short-methods", nargs="*", default=["rkd", "crd"])
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--smoke", action="store_true", help="tiny data and 20 steps: checks the script runs")
+    parser.add_argument("--smoke", action="store_true", help="tiny data and 30 steps: checks the script runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
-
+    tune_steps, steps = (30, 60) if args.smoke else (TUNE_STEPS, STEPS)
+    settings = pairs.Settings.make(args.smoke, tune_steps)
     started = time.perf_counter()
-    protocol, tasks = {}, []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.pairs:
-            pair = PAIRS[name]
-            path = Path(tmp) / f"{name}_teacher.pt"
-            teacher_accuracy = train_teacher(pair, args.smoke, path)
-            print(f"{name}: teacher {pair.teacher} test accuracy {teacher_accuracy:.4f}", flush=True)
-            protocol[name] = dict(
-                teacher=pair.teacher, student=pair.student, teacher_accuracy=teacher_accuracy,
-                teacher_fit=pair.teacher_fit, student_fit=pair.student_fit, data=pair.data_kwargs,
-                optimizer="adam", schedule="cosine",
-            )
-            # Slow methods first, so the pool does not end on one long straggler.
-            order = sorted(args.methods, key=lambda m: m not in ("rkd", "crd"))
-            tasks += [(name, method, seed, str(path), args.smoke) for method in order for seed in range(args.seeds)]
-        # Every finished run is appended to a log next to the output, so an interrupted sweep resumes.
-        log = RunLog(args.out)
-        done = log.done("pair", "method", "seed")
-        tasks = [t for t in tasks if (t[0], t[1], t[2]) not in done]
-        results = log.records
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            for record in pool.imap_unordered(run_one, tasks):
-                log.add(record)
-                acc = f"{record['final_accuracy']:.4f}" if record["status"] == "ok" else record["status"]
-                print(f"[{len(results)}/{len(done) + len(tasks)}] {record['pair']} {record['method']} seed {record['seed']}: {acc}",
-                      flush=True)
-    results.sort(key=lambda r: (r["pair"], list(METHODS).index(r["method"]), r["seed"]))
+    log = RunLog(args.out)
+    with tempfile.TemporaryDirectory() as folder:
+        model, teacher = pairs.train_teacher(PAIR, 0, settings)
+        torch.save(model.state_dict(), Path(folder) / "teacher0.pt")
+        print(f"teacher: test accuracy {teacher['accuracy']:.4f}", flush=True)
+
+        def task(**kw) -> dict:
+            t = {**dict(smoke=args.smoke, steps=tune_steps, teacher="trained", folder=folder, device="cpu"), **kw}
+            t["settings_key"] = repr(sorted(t["settings"].items()))
+            return t
+
+        first = {"student": pairs.ALONE_GRID, "kd": pairs.KD_GRID}
+        run_all([task(stage="tune", method=m, seed=0, settings=c) for m, g in first.items() for c in g], log, args)
+        best = {m: best_settings(log, m, g) for m, g in first.items()}
+        lr, temperature = best["kd"]["lr"], best["kd"]["temperature"]
+        grids = {m: [{"lr": lr, **({"T": temperature} if m == "kd" else {}), **c} for c in GRIDS[m]]
+                 for m in args.methods if m in GRIDS}
+        run_all([task(stage="tune2", method=m, seed=0, settings=c) for m, g in grids.items() for c in g], log, args)
+        for m, g in grids.items():
+            tune2 = [r for r in log.records if r["stage"] == "tune2" and r["method"] == m]
+            if all(r["status"] == "n/a" for r in tune2):
+                best[m] = g[1]  # not applicable to this pair: keep the paper's recipe for the record
+                continue
+            scores = {r["settings_key"]: r["final_accuracy"] for r in tune2}
+            best[m] = max(g, key=lambda c: _score(scores.get(repr(sorted(c.items())))))
+        print(f"tuned: {best}", flush=True)
+
+        methods = ["student", *[m for m in args.methods if m in GRIDS]]
+        long = [m for m in methods if m not in args.short_methods]
+        seeds = range(args.seeds)
+        tasks = [task(stage="test", method=m, seed=s, settings=best[m], steps=b)
+                 for m in methods for b in ((tune_steps, steps) if m in long else (tune_steps,)) for s in seeds]
+        tasks += [task(stage="test", method=m, seed=s, settings=best[m], teacher="random",
+                       steps=steps if m in long else tune_steps)
+                  for m in RANDOM_TEACHER if m in methods
+                  for s in (seeds if m in long else range(min(args.seeds, SHORT_CONTROL_SEEDS)))]
+        run_all(sorted(tasks, key=lambda t: -t["steps"]), log, args)
+
     out = dict(
-        machine=machine(args.workers),
-        seeds=args.seeds, smoke=args.smoke, wall_seconds=time.perf_counter() - started,
-        protocol=protocol,
+        machine={**machine(args.workers), "hosts": sorted({r.get("host", "?") for r in log.records})},
+        smoke=args.smoke, seeds=args.seeds, wall_seconds=time.perf_counter() - started,
+        run_seconds=sum(r.get("wall_seconds", 0.0) for r in log.records),
+        protocol=dict(pair=PAIR.title, teacher=PAIR.teacher, student=PAIR.student, teacher_fit=pairs.TEACHER_FIT,
+                      tune_steps=tune_steps, steps=steps, short_methods=args.short_methods, batch_size=pairs.BATCH_SIZE, validation_size=pairs.VALIDATION_SIZE,
+                      first_grids=first, grids=GRIDS, regularizers=pairs.REGULARIZERS),
+        teacher=teacher, tuned=best,
         methods={m: dict(title=METHODS[m].title, family=METHODS[m].family, cite=METHODS[m].cite,
-                         ce_weight=METHODS[m].ce_weight, recipe=METHODS[m].recipe) for m in args.methods},
-        results=results,
+                         ce_weight=METHODS[m].ce_weight, recipe=METHODS[m].recipe, main=METHODS[m].main)
+                 for m in methods},
+        results=sorted(log.records, key=lambda r: (r["stage"], r["method"], r["teacher"], r["steps"], r["seed"])),
     )
     log.finish(out)
     print(f"wrote {args.out} ({out['wall_seconds']:.0f} s)")
 
 
+def _score(value: float | None) -> float:
+    return -1.0 if value is None or value != value else value
+
+
 if __name__ == "__main__":
+    mp.set_start_method("spawn", force=True)
     main()

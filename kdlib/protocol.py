@@ -34,7 +34,7 @@ from kdlib.repro import holm, paired_test
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["TuneResult", "compare", "grid", "holdout", "holm", "paired_test", "tune"]  # the tests re-exported
+__all__ = ["TuneResult", "compare", "grid", "holdout", "holm", "paired_test", "report", "tune"]  # holm, paired_test: from kdlib.repro
 
 
 def holdout(data: Dataset, size: int | float = 0.1, *, seed: int = 0) -> Dataset:
@@ -205,3 +205,20 @@ def compare(
             for q, d in zip(adjusted, table["diff"].iloc[1:])
         ]
     return table
+
+
+def report(table: pd.DataFrame, *, against: str = "baseline", digits: int = 2) -> pd.DataFrame:
+    """A :func:`compare` table as text columns for reading: mean ± std, Δ with its interval, Holm p, verdict."""
+    import pandas as pd
+
+    f = f"{{:.{digits}f}}"
+    out = pd.DataFrame(index=table.index)
+    out["accuracy (%)"] = [f"{f.format(m)} ± {f.format(s)}" for m, s in zip(table["mean"], table["std"])]
+    out[f"Δ vs {against} [95 % CI]"] = [
+        "—" if pd.isna(d) else f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+        for d, lo, hi in zip(table["diff"], table["low"], table["high"])
+    ]
+    holm_p = table["p_holm"] if "p_holm" in table else [math.nan] * len(table)
+    out["Holm p"] = ["—" if pd.isna(p) else f"{p:.2g}" for p in holm_p]
+    out["verdict"] = table["verdict"] if "verdict" in table else "—"
+    return out

@@ -21,14 +21,59 @@ def run_script(*args: str) -> str:
 
 def test_method_zoo_smoke(tmp_path):
     out = tmp_path / "zoo.json"
-    run_script("benchmarks/method_zoo.py", "--smoke", "--seeds", "2", "--workers", "1", "--pairs", "mnist1d",
-               "--methods", "student", "kd", "at", "crd", "--out", str(out))
+    run_script("benchmarks/method_zoo.py", "--smoke", "--seeds", "1", "--workers", "1",
+               "--methods", "student", "kd", "dkd", "crd", "--out", str(out))
     result = json.loads(out.read_text())
-    rows = {(r["method"], r["seed"]): r for r in result["results"]}
-    assert set(rows) == {(m, s) for m in ("student", "kd", "at", "crd") for s in (0, 1)}
-    assert rows[("at", 0)]["status"] == "n/a"  # an MLP student has no feature maps
-    assert all(0 <= rows[(m, s)]["final_accuracy"] <= 1 for m in ("student", "kd", "crd") for s in (0, 1))
-    assert result["protocol"]["mnist1d"]["student"] == "mlp" and result["smoke"] is True
+    runs = {(r["stage"], r["method"], r["teacher"], r["steps"]): r for r in result["results"]}
+    stages = [r["stage"] for r in result["results"]]
+    assert stages.count("tune") == 18 and stages.count("tune2") == 9  # 9 configurations for alone and KD, 3 for others
+    steps = result["protocol"]["tune_steps"], result["protocol"]["steps"]
+    assert {(m, b) for s, m, t, b in runs if s == "test" and t == "trained"} == {
+        ("student", steps[0]), ("student", steps[1]), ("kd", steps[0]), ("kd", steps[1]), ("dkd", steps[0]),
+        ("dkd", steps[1]), ("crd", steps[0])}  # CRD is short only
+    assert ("test", "kd", "random", steps[1]) in runs and ("test", "crd", "random", steps[0]) in runs
+    assert all(0 <= r["final_accuracy"] <= 1 for r in result["results"] if r["status"] == "ok")
+    assert result["tuned"]["dkd"] in [{"lr": result["tuned"]["kd"]["lr"], **c} for c in result["protocol"]["grids"]["dkd"]]
+    assert result["smoke"] is True and not out.with_suffix(".partial.jsonl").exists()
+
+
+def test_kd_protocol_smoke(tmp_path):
+    out = tmp_path / "kd_protocol.json"
+    run_script("benchmarks/kd_protocol.py", "--smoke", "--seeds", "1", "--patience-seeds", "1", "--workers", "1",
+               "--out", str(out))
+    result = json.loads(out.read_text())
+    stages = {}
+    for r in result["results"]:
+        stages.setdefault(r["stage"], []).append(r)
+    assert len(stages["tune"]) == 27 and set(result["tuned"]) == {"alone", "kd", "fm"}
+    arms = {(r["arm"], r["teacher_seed"]) for r in stages["arms"]}
+    assert {a for a, _ in arms} == set(result["protocol"]["arms"])
+    assert ("KD", 1) in arms and ("function matching", 1) in arms and ("alone", 1) not in arms
+    assert {r["steps"] for r in stages["patience"]} == {30, 60}
+    kd = next(r for r in stages["arms"] if r["arm"] == "KD" and r["teacher_seed"] == 0)
+    assert 0 <= kd["fidelity/test_agreement"] <= 1 and kd["fidelity/test_kl"] >= 0 and kd["history"]
+    assert kd["settings"] == result["tuned"]["kd"] and result["smoke"] is True
+
+
+def test_kd_fashion_smoke(tmp_path):
+    out = tmp_path / "kd_fashion.json"
+    run_script("benchmarks/kd_fashion.py", "--smoke", "--seeds", "1", "--workers", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    runs = {(r["stage"], r["arm"], r["width"]) for r in result["results"]}
+    assert {("test", a, w) for a in ("alone", "KD") for w in (30, 300)} <= runs
+    assert {("few labels", "alone", 300), ("few labels", "KD", 300)} <= runs
+    assert sum(r["stage"] == "tune" for r in result["results"]) == 16
+    assert 0 <= result["teacher"]["accuracy"] <= 1 and result["smoke"] is True
+
+
+def test_prune_controls_smoke(tmp_path):
+    out = tmp_path / "prune_controls.json"
+    run_script("benchmarks/prune_controls.py", "--smoke", "--seeds", "1", "--workers", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    arms = {(r["arm"], r["ratio"]) for r in result["results"]}
+    assert arms == {("dense + extra epochs", 0.0), ("scratch", 0.3), ("scratch", 0.4), ("scratch", 0.5)}
+    scratch = [r for r in result["results"] if r["arm"] == "scratch"]
+    assert all(r["params"] < 297450 for r in scratch)  # the pruned widths, smaller than the dense "cnn"
 
 
 def test_cifar100_recipe_runs_teacher_then_student(tmp_path):
@@ -65,14 +110,15 @@ def test_seed_variance_smoke(tmp_path):
 
 def test_schemes_smoke(tmp_path):
     out = tmp_path / "schemes.json"
-    run_script("benchmarks/schemes.py", "--smoke", "--seeds", "1", "--workers", "1", "--pairs", "mnist1d",
-               "--groups", "self", "multi", "--out", str(out))
+    run_script("benchmarks/schemes.py", "--smoke", "--seeds", "1", "--workers", "1", "--groups", "self", "multi",
+               "capacity", "--out", str(out))
     result = json.loads(out.read_text())
     arms = {r["arm"] for r in result["results"]}
-    assert {"alone", "born-again 3", "born-again ensemble", "Tf-KD reg", "defective teacher"} <= arms
+    assert {"alone", "born-again 2", "born-again ensemble", "Tf-KD reg", "defective teacher"} <= arms
     assert {"single 0", "ensemble confidence", "2 good + 1 weak, mean"} <= arms
+    assert {"teacher 8 channels", "teacher 128 channels", "early-stopped widest", "TAKD"} <= arms
     assert all(0 <= r["accuracy"] <= 1 for r in result["results"]) and result["smoke"] is True
-    assert {s["name"] for s in result["shared"]} >= {"teacher0", "teacher1", "teacher2", "weak", "early"}
+    assert {s["name"] for s in result["shared"]} >= {"teacher0", "teacher1", "teacher2", "weak", "early", "width128"}
 
 
 def test_prune_curves_smoke(tmp_path):

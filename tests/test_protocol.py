@@ -8,7 +8,7 @@ from scipy import stats
 from tiny import blobs
 
 from kdlib.data import UNLABELED, with_unlabeled
-from kdlib.protocol import compare, grid, holdout, holm, paired_test, tune
+from kdlib.protocol import compare, grid, holdout, holm, paired_test, report, tune
 
 
 def test_holdout_carves_a_stratified_validation_split_from_training():
@@ -102,3 +102,12 @@ def test_compare_pairs_by_seed_and_corrects_verdicts():
         compare(pd.DataFrame(rows), "x")
     with pytest.raises(KeyError, match="lacks the columns"):
         compare(pd.DataFrame(rows), "alone", value="best")
+
+
+def test_report_formats_a_compare_table():
+    rows = [dict(arm=a, seed=s, accuracy=v) for a, vals in (("alone", [60, 61, 62]), ("kd", [62, 63, 64.5]))
+            for s, v in enumerate(vals)]
+    out = report(compare(pd.DataFrame(rows), "alone"), against="alone")
+    assert list(out.columns) == ["accuracy (%)", "Δ vs alone [95 % CI]", "Holm p", "verdict"]
+    assert out.loc["alone", "Δ vs alone [95 % CI]"] == "—" and out.loc["kd", "accuracy (%)"] == "63.17 ± 1.26"
+    assert out.loc["kd", "Δ vs alone [95 % CI]"].startswith("+2.17 [")
