@@ -26,7 +26,6 @@ def test_structured_pruning_smoke(tmp_path):
     assert g["b_round_to"] == bench["protocol"]["round_to"] == 8
     rows = bench["pruning"]
     tags = [("lo", rows[0]), ("hi", rows[-1])] + ([("mid", rows[1])] if len(rows) == 3 else [])
-    met = []
     for tag, row in tags:
         assert g[f"b_{tag}_flops_removed"] == pytest.approx(100 * (1 - row["flops_ratio"]))
         assert g[f"b_{tag}_recal_acc"] == pytest.approx(100 * row["accuracy_recalibrated"])
@@ -35,12 +34,10 @@ def test_structured_pruning_smoke(tmp_path):
         assert g[f"b_{tag}_flops_speedup"] == pytest.approx(1 / row["flops_ratio"])
         assert g[f"b_{tag}_kd_loss"] == pytest.approx(100 * bench["dense"]["accuracy"] - g[f"b_{tag}_kd_mean"])
         assert len(row["kd"]) == len(row["ce"]) == bench["protocol"]["seeds"]
-        verdict = "met" if g[f"b_{tag}_speed64"] >= 1.6 else "not met"
-        assert g[f"b_{tag}_speed_verdict"] == verdict
-        assert g[f"b_{tag}_acc_verdict"] == ("met" if g[f"b_{tag}_kd_loss"] <= 1 else "not met")
-        if verdict == "met" and g[f"b_{tag}_kd_loss"] <= 1:
-            met.append(row["ratio"])
-    assert g["b_n_both_met"] == len(met)
+        # The controls: a pruned model against the same extra training and against its widths from scratch.
+        ce = 100 * row["ce_mean"]
+        assert g[f"c_{tag}_ce_vs_extra"] == pytest.approx(ce - g["c_dense_extra_mean"])
+        assert g[f"c_{tag}_ce_vs_scratch"] == pytest.approx(ce - g[f"c_{tag}_scratch_mean"])
     # The prose says KD fine-tuning ended below cross-entropy fine-tuning at every ratio; a new run must agree.
     assert all(row["kd_mean"] < row["ce_mean"] for row in rows)
     assert g["b_kd_spread"] == pytest.approx(100 * (max(r["kd_mean"] for r in rows) - min(r["kd_mean"] for r in rows)))
