@@ -12,6 +12,8 @@ INSTALLED := $(VENV)/.kdlib-installed
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 FASHION_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+# Seconds 'make data' waits for another apt/dpkg process to release its lock.
+APT_LOCK_WAIT ?= 600
 
 # For every command below and the notebook kernels they start: no progress bars, and Jupyter looks up the
 # `python3` kernel in .venv before any user-wide one. Notebook kernels get matplotlib's inline backend (so
@@ -50,9 +52,12 @@ data:
 	if [ $$missing = 0 ]; then \
 	  echo "data: Fashion-MNIST found in $(FASHION_MNIST)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "data: installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
-	    || echo "data: note: apt-get failed; kdlib will download Fashion-MNIST through torchvision when allowed"; \
+	  echo "data: installing Fashion-MNIST (apt-get install dataset-fashion-mnist; waits up to $(APT_LOCK_WAIT) s for apt's lock)"; \
+	  { apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT) update -qq \
+	    && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT) install -y -qq dataset-fashion-mnist; } \
+	    || { echo "data: note: apt-get could not install dataset-fashion-mnist. If another apt or dpkg process holds its lock,"; \
+	         echo "      let it finish (or set APT_LOCK_WAIT=... seconds) and run 'make data' again. Until then kdlib"; \
+	         echo "      downloads Fashion-MNIST through torchvision where the network allows, and the tests that need it fail."; }; \
 	else \
 	  echo "data: note: $(FASHION_MNIST) not found; kdlib will look in \$$KDLIB_DATA and ~/.cache/kdlib, or"; \
 	  echo "      download Fashion-MNIST through torchvision when allowed (or run 'make data' as root on Debian)"; \
