@@ -108,12 +108,6 @@ def run(task: dict) -> dict:
     return pairs.timed(go)
 
 
-def best(log: RunLog, arm: str, width: int, grid_: list[dict]) -> dict:
-    scores = {r["settings_key"]: r["final_accuracy"] for r in log.records
-              if r["stage"] == "tune" and r["arm"] == arm and r["width"] == width}
-    return max(grid_, key=lambda c: scores[repr(sorted(c.items()))])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -140,14 +134,15 @@ def main() -> None:
 
         def task(**kw) -> dict:
             t = dict(smoke=args.smoke, folder=folder, **kw)
-            t["settings_key"] = repr(sorted(t["settings"].items()))
+            t["settings_key"] = pairs.settings_key(t["settings"])
             return t
 
         grids = {"alone": ALONE_GRID, "KD": KD_GRID}
         tune = [task(stage="tune", arm=a, width=w, seed=0, view="full/validation", settings=c)
                 for w in WIDTHS for a, g in grids.items() for c in g]
         pairs.pool_runs(run, tune, log, keys, args.workers, describe)
-        tuned = {f"{a} 2x{w}": best(log, a, w, g) for w in WIDTHS for a, g in grids.items()}
+        tuning = lambda a, w: [r for r in log.records if r["stage"] == "tune" and r["arm"] == a and r["width"] == w]  # noqa: E731
+        tuned = {f"{a} 2x{w}": pairs.best_config(tuning(a, w), g) for w in WIDTHS for a, g in grids.items()}
         print(f"tuned: {tuned}", flush=True)
         seeds = range(args.seeds)
         final = [task(stage="test", arm=a, width=w, seed=s, view="full", settings=tuned[f"{a} 2x{w}"])

@@ -141,16 +141,6 @@ def distill_arm(recipe: str, student: nn.Module, teacher: nn.Module, data, setti
     raise ValueError(f"unknown recipe {recipe!r}")
 
 
-def tuned(log: RunLog, arm: str, grid: list[dict]) -> dict:
-    """The configuration of ``grid`` with the best validation accuracy in the log (first on ties)."""
-    scores = {}
-    for r in log.records:
-        if r["stage"] == "tune" and r["arm"] == arm:
-            accuracy = r["final_accuracy"]
-            scores[tuple(sorted(r["settings"].items()))] = accuracy if accuracy == accuracy else -1.0  # NaN: diverged
-    return max(grid, key=lambda c: scores[tuple(sorted(c.items()))])
-
-
 def settings_for(arm: str, best: dict) -> dict:
     recipe = ARMS[arm][2]
     if recipe in ("alone", "fm"):
@@ -185,14 +175,15 @@ def main() -> None:
 
         def task(**kw) -> dict:
             t = {**base, **kw}
-            t["settings_key"] = repr(sorted(t["settings"].items()))
+            t["settings_key"] = pairs.settings_key(t["settings"])
             return t
 
         grids = {"alone": pairs.ALONE_GRID, "KD": pairs.KD_GRID, "function matching": pairs.FM_GRID}
         tune_tasks = [task(stage="tune", arm=arm, seed=0, settings=c) for arm, g in grids.items() for c in g]
         pairs.pool_runs(run, tune_tasks, log, keys, args.workers, describe)
-        best = {"alone": tuned(log, "alone", grids["alone"]), "kd": tuned(log, "KD", grids["KD"]),
-                "fm": tuned(log, "function matching", grids["function matching"])}
+        tuning = lambda arm: [r for r in log.records if r["stage"] == "tune" and r["arm"] == arm]  # noqa: E731
+        best = {key: pairs.best_config(tuning(arm), grids[arm])
+                for key, arm in (("alone", "alone"), ("kd", "KD"), ("fm", "function matching"))}
         print(f"tuned: {best}", flush=True)
 
         seeds = range(args.seeds)

@@ -105,14 +105,6 @@ def run(task: dict) -> dict:
     return record
 
 
-def best_settings(log: RunLog, method: str, grid: list[dict]) -> dict:
-    scores = {}
-    for r in log.records:
-        if r["stage"] == "tune" and r["method"] == method and r["status"] == "ok":
-            scores[repr(sorted(r["settings"].items()))] = r["final_accuracy"]
-    return max(grid, key=lambda c: _score(scores.get(repr(sorted(c.items())))))
-
-
 def run_all(tasks: list[dict], log: RunLog, args: argparse.Namespace) -> None:
     """CPU tasks in one pool, GPU tasks (``--gpu-methods``, when CUDA is there) in another, at the same time."""
     keys = ("stage", "method", "seed", "steps", "teacher", "settings_key")
@@ -164,12 +156,14 @@ def main() -> None:
 
         def task(**kw) -> dict:
             t = {**dict(smoke=args.smoke, steps=tune_steps, teacher="trained", folder=folder, device="cpu"), **kw}
-            t["settings_key"] = repr(sorted(t["settings"].items()))
+            t["settings_key"] = pairs.settings_key(t["settings"])
             return t
 
         first = {"student": pairs.ALONE_GRID, "kd": pairs.KD_GRID}
         run_all([task(stage="tune", method=m, seed=0, settings=c) for m, g in first.items() for c in g], log, args)
-        best = {m: best_settings(log, m, g) for m, g in first.items()}
+        tuned_runs = lambda stage, m: [r for r in log.records if r["stage"] == stage and r["method"] == m  # noqa: E731
+                                       and r["status"] == "ok"]
+        best = {m: pairs.best_config(tuned_runs("tune", m), g) for m, g in first.items()}
         lr, temperature = best["kd"]["lr"], best["kd"]["temperature"]
         grids = {m: [{"lr": lr, **({"T": temperature} if m == "kd" else {}), **c} for c in GRIDS[m]]
                  for m in args.methods if m in GRIDS}
@@ -179,8 +173,7 @@ def main() -> None:
             if all(r["status"] == "n/a" for r in tune2):
                 best[m] = g[1]  # not applicable to this pair: keep the paper's recipe for the record
                 continue
-            scores = {r["settings_key"]: r["final_accuracy"] for r in tune2}
-            best[m] = max(g, key=lambda c: _score(scores.get(repr(sorted(c.items())))))
+            best[m] = pairs.best_config(tune2, g)
         print(f"tuned: {best}", flush=True)
 
         methods = ["student", *[m for m in args.methods if m in GRIDS]]
@@ -209,10 +202,6 @@ def main() -> None:
     )
     log.finish(out)
     print(f"wrote {args.out} ({out['wall_seconds']:.0f} s)")
-
-
-def _score(value: float | None) -> float:
-    return -1.0 if value is None or value != value else value
 
 
 if __name__ == "__main__":

@@ -146,6 +146,24 @@ def regularized(config: dict) -> dict:
     return {**out, **REGULARIZERS[config.get("regularizer", "none")]}
 
 
+def settings_key(config: dict) -> str:
+    """How a run record names its configuration, so that the tuning runs of a grid can be looked up."""
+    return repr(sorted(config.items()))
+
+
+def best_config(records: Iterable[dict], grid: list[dict]) -> dict:
+    """The configuration of ``grid`` whose run in ``records`` (tuning runs of one arm) has the best final accuracy.
+
+    The first one wins a tie; a configuration that diverged (NaN) or has no run counts as -1.
+    """
+    scores = {r["settings_key"]: r.get("final_accuracy") for r in records}
+    return max(grid, key=lambda c: _score(scores.get(settings_key(c))))
+
+
+def _score(value: float | None) -> float:
+    return -1.0 if value is None or value != value else value
+
+
 def pool_runs(run: Callable[[dict], dict], tasks: Iterable[dict], log: RunLog, keys: tuple[str, ...], workers: int,
               describe: Callable[[dict], str]) -> None:
     """Run every task not yet in ``log`` (matched on ``keys``) in ``workers`` processes; log each as it ends.
@@ -192,6 +210,7 @@ def tuned_settings(pair_name: str, smoke: bool) -> dict[str, dict]:
     tuned = json.loads(file.read_text())["tuned"]
     alone = tuned["alone"] if "alone" in tuned else tuned["student"]
     kd = dict(tuned["kd"])
-    out_kd = {"lr": kd["lr"], "temperature": kd.get("temperature", kd.get("T")),
-              "alpha": kd.get("weight", ALPHA) if "ce_weight" in kd else ALPHA}
+    # A recipe with separate weights, ce_weight * CE + weight * KD, is alpha = weight / (weight + ce_weight) up to scale.
+    alpha = kd["weight"] / (kd["weight"] + kd["ce_weight"]) if "ce_weight" in kd else ALPHA
+    out_kd = {"lr": kd["lr"], "temperature": kd.get("temperature", kd.get("T")), "alpha": alpha}
     return {"alone": regularized(alone), "kd": out_kd}
