@@ -34,7 +34,7 @@ from kdlib.repro import holm, paired_test
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["TuneResult", "compare", "grid", "holdout", "holm", "paired_test", "report", "tune"]  # holm, paired_test: from kdlib.repro
+__all__ = ["TuneResult", "compare", "contrasts", "grid", "holdout", "holm", "paired_test", "report", "tune"]  # holm, paired_test: from kdlib.repro
 
 
 def holdout(data: Dataset, size: int | float = 0.1, *, seed: int = 0) -> Dataset:
@@ -200,11 +200,44 @@ def compare(
     if len(table) > 1:
         adjusted = holm(table["p"].iloc[1:].tolist())
         table["p_holm"] = [math.nan] + adjusted
-        table["verdict"] = ["—"] + [
-            "n.s." if not (q < level) else ("better" if d > 0 else "worse")
-            for q, d in zip(adjusted, table["diff"].iloc[1:])
-        ]
+        table["verdict"] = ["—"] + _verdicts(adjusted, table["diff"].iloc[1:], level)
     return table
+
+
+def contrasts(
+    frame: pd.DataFrame,
+    comparisons: Mapping[str, tuple[str, str]],
+    *,
+    arm: str = "arm",
+    value: str = "accuracy",
+    pair_on: str | Sequence[str] = "seed",
+    level: float = 0.05,
+) -> pd.DataFrame:
+    """Chosen pairs of arms, each paired by seed, Holm-corrected together: ``{name: (arm, baseline)}``.
+
+    Where :func:`compare` puts every arm against one baseline, this answers questions such as "the ensemble
+    against the best single teacher" and "confidence against mean weighting" as one corrected family.
+    Returns one row per name with the columns of :func:`compare` for ``arm`` against ``baseline``, the Holm
+    ``p_holm`` over the family, ``verdict``, and ``comparison`` (``"arm − baseline"``).
+    """
+    import pandas as pd
+
+    rows = []
+    for name, (tested, baseline) in comparisons.items():
+        pair = frame[frame[arm].isin([tested, baseline])].assign(
+            **{arm: lambda f: np.where(f[arm] == tested, name, f"{name}: baseline")}
+        )
+        table = compare(pair, f"{name}: baseline", arm=arm, value=value, pair_on=pair_on, level=level)
+        rows.append(table.loc[[name]].assign(comparison=f"{tested} − {baseline}"))
+    table = pd.concat(rows)
+    table["p_holm"] = holm(table["p"].tolist())
+    table["verdict"] = _verdicts(table["p_holm"], table["diff"], level)
+    return table
+
+
+def _verdicts(p_holm: Iterable[float], diffs: Iterable[float], level: float) -> list[str]:
+    """"better" or "worse" where the corrected p is below ``level`` (by the sign of the difference), else "n.s."."""
+    return ["n.s." if not (q < level) else ("better" if d > 0 else "worse") for q, d in zip(p_holm, diffs)]
 
 
 def report(table: pd.DataFrame, *, against: str = "baseline", digits: int = 2) -> pd.DataFrame:

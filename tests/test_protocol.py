@@ -8,7 +8,7 @@ from scipy import stats
 from tiny import blobs
 
 from kdlib.data import UNLABELED, with_unlabeled
-from kdlib.protocol import compare, grid, holdout, holm, paired_test, report, tune
+from kdlib.protocol import compare, contrasts, grid, holdout, holm, paired_test, report, tune
 
 
 def test_holdout_carves_a_stratified_validation_split_from_training():
@@ -111,3 +111,17 @@ def test_report_formats_a_compare_table():
     assert list(out.columns) == ["accuracy (%)", "Δ vs alone [95 % CI]", "Holm p", "verdict"]
     assert out.loc["alone", "Δ vs alone [95 % CI]"] == "—" and out.loc["kd", "accuracy (%)"] == "63.17 ± 1.26"
     assert out.loc["kd", "Δ vs alone [95 % CI]"].startswith("+2.17 [")
+
+
+def test_contrasts_pair_chosen_arms_and_correct_them_together():
+    values = {"a": [60, 61, 62, 60.5], "b": [62, 63, 64.5, 62.5], "c": [62.1, 62.9, 64.4, 62.8]}
+    rows = [dict(arm=a, seed=s, accuracy=v) for a, vals in values.items() for s, v in enumerate(vals)]
+    frame = pd.DataFrame(rows)
+    out = contrasts(frame, {"b_vs_a": ("b", "a"), "c_vs_b": ("c", "b")})
+    assert list(out.index) == ["b_vs_a", "c_vs_b"]
+    assert out.loc["b_vs_a", "comparison"] == "b − a"
+    for name, (tested, base) in {"b_vs_a": ("b", "a"), "c_vs_b": ("c", "b")}.items():
+        alone = compare(frame[frame.arm.isin([tested, base])], base).loc[tested]
+        assert out.loc[name, "diff"] == pytest.approx(alone["diff"]) and out.loc[name, "p"] == pytest.approx(alone["p"])
+    assert list(out["p_holm"]) == pytest.approx(holm(list(out["p"])))
+    assert out.loc["b_vs_a", "verdict"] == "better" and out.loc["c_vs_b", "verdict"] == "n.s."
