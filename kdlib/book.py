@@ -1,0 +1,57 @@
+"""Bookkeeping for the book's chapters: hand numbers to the prose, read benchmark results.
+
+The chapters quote their numbers through myst-nb's ``glue`` (``{glue:text}`name:.2f``` in the prose), so no
+number is typed by hand. These helpers keep that bookkeeping short, in cells the book hides from the HTML, and
+make a chapter that reads a benchmark's committed results say how to regenerate them when they are missing.
+Nothing else in kdlib depends on this module; using kdlib in your own code never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from pathlib import Path
+from typing import Any
+
+__all__ = ["glue_numbers", "load_results"]
+
+
+def glue_numbers(prefix: str = "", /, **values: Any) -> None:
+    """Glue every keyword as ``prefix + name``: numbers as plain floats, strings as they are.
+
+    Floats (not NumPy or torch scalars, not ints) let the prose choose the format (``{glue:text}`acc:.1f```).
+    Nothing is displayed in the notebook.
+
+    Raises:
+        TypeError: for a value that is neither a real number nor a string (a tensor, a list...): glue its
+            ``float(...)`` or a formatted string instead.
+    """
+    from myst_nb import glue  # imported here: myst-nb is a book dependency, not one of kdlib's
+
+    for name, value in values.items():
+        if isinstance(value, str):
+            glue(prefix + name, value, display=False)
+        elif isinstance(value, numbers.Real) or hasattr(value, "__float__") and getattr(value, "ndim", 0) == 0:
+            glue(prefix + name, float(value), display=False)
+        else:
+            raise TypeError(
+                f"glue_numbers({prefix + name}=...): got {type(value).__name__}; pass a number or a string "
+                "(for a one-element tensor or array, pass float(value))"
+            )
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read a benchmark's JSON results; when the file is missing, say which script writes it.
+
+    The book's chapters read ``benchmarks/results/<name>.json``, written by ``benchmarks/<name>.py`` from the
+    repository root. A chapter downloaded on its own does not have the file: the error says how to get it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        script = Path("benchmarks") / f"{path.stem}.py"
+        raise FileNotFoundError(
+            f"{path} not found. This chapter reads results committed with the book: run it from the notebooks/ "
+            f"folder of a clone of the book's repository, where the file is in benchmarks/results/. To regenerate "
+            f"it, run `python {script}` from the repository root (its docstring gives the run time and options)."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
