@@ -1,5 +1,5 @@
 """Chapter 1, "Why compress?": the notebook runs in smoke mode, its glued numbers are consistent with kdlib,
-and the cells marked ``# NBVAL_CHECK_OUTPUT`` (model printouts, MAC and byte tables) match the committed run."""
+and the cells tagged ``nbval-check-output`` (model printouts, MAC and byte tables) match the committed run."""
 
 from __future__ import annotations
 
