@@ -110,11 +110,11 @@ def drop_duplicate_scripts(app, pagename, templatename, context, doctree) -> Non
         if key not in seen:
             seen.add(key)
             unique.append(script)
-    context["script_files"] = unique
+    context["script_files"][:] = unique  # in place: handlers that run later (MathJax's) add to the same list
 
 
 def setup(app):
     app.connect("config-inited", configure)
     app.connect("builder-inited", disambiguate_years, priority=900)  # after sphinxcontrib-bibtex parsed the .bib
-    app.connect("html-page-context", drop_duplicate_scripts, priority=100)  # before a handler returns a template
+    app.connect("html-page-context", drop_duplicate_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
