@@ -12,8 +12,10 @@ INSTALLED := $(VENV)/.kdlib-installed
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 FASHION_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
-# Seconds 'make data' waits for another apt/dpkg process to release its lock.
+# Seconds 'make data' and 'make browser' wait for another apt/dpkg process to release its lock.
 APT_LOCK_WAIT ?= 600
+# MathJax, served with the book so that its mathematics is typeset offline (tools/get_mathjax.py).
+MATHJAX := book/_static/mathjax/VERSION
 
 # For every command below and the notebook kernels they start: no progress bars, and Jupyter looks up the
 # `python3` kernel in .venv before any user-wide one. Notebook kernels get matplotlib's inline backend (so
@@ -23,7 +25,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 INLINE := module://matplotlib_inline.backend_inline
 
-.PHONY: book test notebooks data clean distclean help $(VENV)
+.PHONY: book test notebooks data browser clean distclean help $(VENV)
 .DEFAULT_GOAL := help
 
 help:
@@ -63,12 +65,30 @@ data:
 	  echo "      download Fashion-MNIST through torchvision when allowed (or run 'make data' as root on Debian)"; \
 	fi
 
+# Chromium for the browser test (tests/test_book_browser.py), from Debian's package when we can install it;
+# without it that test is skipped with a message. This step never fails the build.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM" ]; then \
+	  echo "browser: Chromium found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: installing Chromium for the browser test (apt-get install chromium)"; \
+	  { apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT) update -qq \
+	    && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT) install -y -qq --no-install-recommends chromium >/dev/null; } \
+	    || echo "browser: note: apt-get could not install chromium; the browser test will be skipped (run 'make browser' again)"; \
+	else \
+	  echo "browser: note: Chromium not found; the browser test will be skipped. Install Debian's 'chromium' package"; \
+	  echo "         (run 'make browser' as root) or set CHROMIUM=/path/to/chromium"; \
+	fi
+
+$(MATHJAX): tools/get_mathjax.py
+	$(PYTHON) tools/get_mathjax.py
+
 # Jupyter Book executes every chapter at its default parameters (execute settings in _config.yml: cache
 # mode, 1800 s per cell, a failing cell fails the build) and treats every warning as an error.
-book: $(VENV) data
+book: $(VENV) data $(MATHJAX)
 	MPLBACKEND=$(INLINE) $(VENV)/bin/jupyter-book build . -W --keep-going
 
-test: $(VENV) data
+test: $(VENV) data browser $(MATHJAX)
 	MPLBACKEND=Agg $(PY) -m pytest tests -q
 
 notebooks: $(VENV) data
@@ -80,4 +100,4 @@ clean:
 	  | xargs rm -rf
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info book/_static/mathjax

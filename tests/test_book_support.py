@@ -1,0 +1,90 @@
+"""The chapters' bookkeeping (kdlib.book) and the book's Sphinx extension (book/_ext/kdlib_book.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from pybtex.database import parse_string
+
+from kdlib import book
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "_ext"))
+import kdlib_book  # noqa: E402
+
+
+@pytest.fixture
+def glued(monkeypatch):
+    import myst_nb
+
+    calls = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: calls.__setitem__(name, (value, display)))
+    return calls
+
+
+def test_glue_numbers_glues_plain_floats_and_strings_without_display(glued):
+    book.glue_numbers("b_", seeds=3, acc=np.float32(0.5), loss=torch.tensor(1.25), cpu="AMD EPYC")
+    assert glued == {"b_seeds": (3.0, False), "b_acc": (0.5, False), "b_loss": (1.25, False), "b_cpu": ("AMD EPYC", False)}
+    assert all(type(value) in (float, str) for value, _ in glued.values())
+
+
+@pytest.mark.parametrize("bad", [[1, 2], torch.ones(2), None])
+def test_glue_numbers_refuses_what_the_prose_cannot_format(glued, bad):
+    with pytest.raises(TypeError, match="x_bad"):
+        book.glue_numbers("x_", bad=bad)
+    assert glued == {}
+
+
+def test_load_results_reads_json_and_says_how_to_regenerate_a_missing_file(tmp_path):
+    path = tmp_path / "results" / "prune_speedup.json"
+    with pytest.raises(FileNotFoundError, match=r"python benchmarks/prune_speedup\.py"):
+        book.load_results(path)
+    path.parent.mkdir()
+    path.write_text(json.dumps({"seeds": 3}))
+    assert book.load_results(path) == {"seeds": 3}
+
+
+BIB = r"""
+@article{one, author = {Gou, Jianping}, title = {A}, year = {2021}}
+@article{two, author = {Ba, Jimmy and Caruana, Rich}, title = {B}, year = {2014}}
+@article{three, author = {Bengio, Yoshua and L{\'e}onard, Nicholas and Courville, Aaron}, title = {C}, year = {2013}}
+@article{zhang2018mixup, author = {Zhang, H. and Cisse, M. and Dauphin, Y.}, title = {mixup}, year = {2018}}
+@article{zhang2018deep, author = {Zhang, Ying and Xiang, Tao and Hospedales, Timothy}, title = {DML}, year = {2018}}
+"""
+
+
+def test_author_year_labels_match_the_in_text_style():
+    entries = parse_string(BIB, "bibtex").entries
+    labels = {key: kdlib_book.author_year_label(entry) for key, entry in entries.items()}
+    assert labels["one"] == "Gou, 2021"
+    assert labels["two"] == "Ba and Caruana, 2014"
+    assert labels["three"] == "Bengio et al., 2013"  # LaTeX accents rendered, not "[BLeonardC13]"
+
+
+def test_colliding_labels_get_distinct_years_once():
+    entries = parse_string(BIB, "bibtex").entries
+    domain = SimpleNamespace(bibdata=SimpleNamespace(data=SimpleNamespace(entries=entries)))
+    app = SimpleNamespace(env=SimpleNamespace(get_domain=lambda name: domain))
+    for _ in range(2):  # incremental builds run it again on the same data: no "2018aa"
+        kdlib_book.disambiguate_years(app)
+    assert entries["zhang2018deep"].fields["year"] == "2018a"
+    assert entries["zhang2018mixup"].fields["year"] == "2018b"
+    assert entries["one"].fields["year"] == "2021"
+
+
+@pytest.mark.parametrize("url", ["", "https://example.org/kdlib"])
+def test_repository_url_turns_on_buttons_and_names_the_repository(monkeypatch, url):
+    monkeypatch.delenv("BOOK_REPOSITORY_URL", raising=False)
+    config = SimpleNamespace(html_theme_options={"repository_url": url, "launch_buttons": {"thebe": False}},
+                             myst_substitutions={})
+    kdlib_book.configure(None, config)
+    options, text = config.html_theme_options, config.myst_substitutions["get_the_code"]
+    assert bool(options.get("use_repository_button")) == bool(url)
+    assert (options["launch_buttons"].get("colab_url") == kdlib_book.COLAB) == bool(url)
+    assert (url in text) if url else ("http" not in text)
+    assert "make notebooks" in text and "pip install -e ." in text
