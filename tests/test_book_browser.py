@@ -232,3 +232,18 @@ def test_no_bookkeeping_code_is_shown(pages):
 
 def test_code_lines_fit_the_text_column(pages):
     assert not _report(pages, "wideCode"), f"code cells that scroll sideways: {_report(pages, 'wideCode')}"
+
+
+def test_api_reference_documents_each_object_once(book):
+    ids = []
+    for page in sorted((book / "book" / "api").glob("*.html")):
+        ids += re.findall(r'<dt class="sig sig-object py" id="([^"]+)"', page.read_text(encoding="utf-8"))
+    assert len(ids) > 300, "the API pages document almost nothing: is autodoc failing to import kdlib?"
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    # a re-export documented under its package as well as under its module: kdlib.losses.kd_loss + ...logit.kd_loss
+    by_package = set()
+    for name in ids:  # kdlib.losses.kd_loss when kdlib.losses.<module>.kd_loss exists (a method's class is no module)
+        package, _, obj = name.rpartition(".")
+        by_package |= {name for other in ids if other.endswith("." + obj) and other.rsplit(".", 2)[0] == package
+                       and other.count(".") == name.count(".") + 1 and other.rsplit(".", 2)[1].islower()}
+    assert not repeated and not by_package, f"documented twice: {repeated or sorted(by_package)[:10]}"
