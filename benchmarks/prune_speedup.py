@@ -24,7 +24,7 @@ Protocol (CPU scale):
    sample is the mean time of a block of forward calls (one call at batch 64, 20 at batch 1). Reported:
    median, IQR, and speed-up = dense median / variant median.
 
-Targets (the issue): >= 1.6x speed-up at batch 64 and <= 1 point accuracy loss after KD fine-tuning.
+Targets: >= 1.6x speed-up at batch 64 and <= 1 point accuracy loss after KD fine-tuning.
 
 Defaults and why: ``--round-to 8`` (at r = 0.3 the widths 22/44/89 become 16/40/88, and the batch-64 speed-up
 went from 1.32x to 2.01x in the committed run); ``--ft-epochs 5`` (with 3 epochs every ratio's KD fine-tune ended

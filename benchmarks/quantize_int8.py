@@ -18,7 +18,7 @@ Protocol (CPU scale):
    each ``--qat-epochs`` (Adam lr ``--qat-lr``, cosine, batch 128) over ``--seeds`` fine-tuning seeds; plus the
    control "fp32, trained as long again with the same KD recipe", so that QAT is not credited for extra training.
 
-Seeds vary the fine-tuning order only; there is one fp32 model. Targets (the issue): int8 >= 3.5x smaller and
+Seeds vary the fine-tuning order only; there is one fp32 model. Targets: int8 >= 3.5x smaller and
 >= 2x faster at batch 64 than fp32 with <= 0.5 point accuracy drop; 4-bit QAT+KD within 1 point of fp32.
 
 The compiled PT2E model is timed and scored as it is, and compared with its own reference graph (see

@@ -11,7 +11,7 @@ A checkpoint is a ``dict`` of tensors and plain containers (``dict``, ``list``, 
   unpickling anything, so a truncated or altered file is refused without being parsed.
 * **Safe.** Loading uses ``torch.load(..., weights_only=True)``, which rebuilds tensors and plain containers
   only. A pickle that names any other Python object is refused: unpickling such an object can run arbitrary
-  code (GUIDE §5: never load files you did not write without ``weights_only=True``).
+  code, so never load a file you did not write without ``weights_only=True``.
 
 RNG states are the one part of a training run that is not a tensor already; :func:`capture_rng_state` and
 :func:`restore_rng_state` convert Python's, NumPy's and torch's (CPU and CUDA) generators to and from

@@ -3,7 +3,7 @@
 FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (PyTorch's own counter: it counts the
 matmuls and convolutions actually dispatched, so it works for any model). Latency is wall-clock time with
 warm-up, the median of repeats, a fixed number of threads, and device synchronization, because fewer FLOPs
-do not always mean less time (GUIDE §5).
+do not always mean less time.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def latency_side_by_side(
     inner: int = 1,
     threads: int | None = None,
 ) -> dict[str, list[float]]:
-    """Milliseconds per call of each model, sampled round-robin in a rotating order (GUIDE §6).
+    """Milliseconds per call of each model, sampled round-robin in a rotating order.
 
     Interleaving the models makes whatever else the machine is doing slow all of them alike, so their
     ratios hold even where absolute times do not; the order rotates each repeat so no model always runs

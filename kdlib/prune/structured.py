@@ -1,7 +1,7 @@
 """Structured pruning: physically remove channels and neurons, so the model gets smaller *and* faster.
 
 Unstructured pruning zeroes single weights; the tensors keep their dense shapes and a dense kernel does the
-same work (GUIDE §5). Structured pruning removes whole output channels of a convolution (whole neurons of a
+same work. Structured pruning removes whole output channels of a convolution (whole neurons of a
 linear layer) together with everything that depends on them: the matching BatchNorm entries and the input
 channels of the next layer. Keeping a fraction :math:`1 - r` of the channels of two consecutive layers
 leaves :math:`(1-r)^2` of the weights (and FLOPs) of the second one.
