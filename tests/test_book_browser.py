@@ -6,19 +6,16 @@ mathematics typeset (no raw TeX left after MathJax ran), every image loaded with
 shrunk to illegibility, no request to any other host, no console error, no bookkeeping code shown, no code line
 cut by the text column. Separately, every internal link of the built HTML resolves (file and anchor).
 
-Chromium: Debian's ``chromium`` (``make browser`` installs it as root), or the path in ``$CHROMIUM``.
+Chromium: Debian's ``chromium`` (``make browser`` installs it as root), or the path in ``$CHROMIUM``; the server and
+browser settings are those of ``tools/book_browser.py``, which also takes screenshots.
 """
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import re
-import shutil
 import subprocess
 import sys
-import threading
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -27,6 +24,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+from book_browser import CHROMIUM_ARGS, chromium_path, offline_page, serve  # noqa: E402
+
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
 HOW_TO_GET_CHROMIUM = (
     "Chromium is needed for the browser test: on Debian/Ubuntu run `make browser` as root "
@@ -35,10 +35,6 @@ HOW_TO_GET_CHROMIUM = (
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\\begin\{|\$\$|\\frac|\\mathrm|\\alpha")
 BOOKKEEPING = re.compile(r"\bglue(_numbers)?\(|NBVAL_")
 MIN_SCALE = 0.8  # an image drawn at less than 80 % of its pixel width has labels too small to read
-
-
-def _chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _toc_pages() -> list[str]:
@@ -166,44 +162,23 @@ async () => {
 def pages(book):
     """Open every page of the table of contents in headless Chromium; return {page: findings}."""
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements.txt: `make test`")
-    chromium = _chromium()
+    chromium = chromium_path()
     if chromium is None:
         pytest.skip(HOW_TO_GET_CHROMIUM)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(book))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    origin = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     results = {}
-    try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=chromium,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--no-first-run"],
-            )
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            outside, errors = [], []
-
-            def route(r):  # the reader is offline: anything not from the local server fails, and is recorded
-                if r.request.url.startswith(origin) or r.request.url.startswith("data:"):
-                    r.continue_()
-                else:
-                    outside.append(r.request.url)
-                    r.abort()
-
-            page.route("**/*", route)
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            for path in _toc_pages():
-                outside.clear(), errors.clear()
-                response = page.goto(f"{origin}/{path}", wait_until="networkidle")
-                findings = page.evaluate(PAGE_CHECKS)
-                findings.update(status=response.status, outside=list(outside), errors=list(errors))
-                results[path] = findings
-            browser.close()
-    finally:
-        server.shutdown()
+    with serve(book) as origin, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        outside, errors = [], []  # the reader is offline: requests to other hosts fail, and are recorded
+        page = offline_page(browser, origin, outside)
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        for path in _toc_pages():
+            outside.clear(), errors.clear()
+            response = page.goto(f"{origin}/{path}", wait_until="networkidle")
+            findings = page.evaluate(PAGE_CHECKS)
+            findings.update(status=response.status, outside=list(outside), errors=list(errors))
+            results[path] = findings
+        browser.close()
     return results
 
 
