@@ -1,6 +1,8 @@
 """Training throughput (samples/s) of every distillation method relative to the student trained alone.
 
-Same pairs and recipes as ``benchmarks/method_zoo.py``. For each pair, every method trains a fresh student
+Two pairs: MNIST-1D's CNN → the MLP student (chapter 3's pair) and Fashion-MNIST's "cnn" → LeNet-5 on 10,000
+training images. Throughput does not depend on how well the models are trained, so each teacher gets only
+``--steps`` steps. For each pair, every method trains a fresh student
 for ``--steps`` optimizer steps; the methods are run in turn, ``--repeats`` times round-robin so that drift
 on a shared machine hits them all alike, in one process with a fixed number of threads. The time counted is
 ``FitResult.train_seconds`` (the optimizer steps, without evaluation or the one-off teacher cache), and the
@@ -10,7 +12,7 @@ themselves (plus the teacher's forward pass where the cache is off: ``--live``).
 
 Results go to ``benchmarks/results/distill_throughput.json`` for chapter 5.
 
-Usage: ``python benchmarks/distill_throughput.py [--steps 60] [--repeats 5] [--threads 1] [--live] [--smoke]``
+Usage: ``python benchmarks/distill_throughput.py [--steps 60] [--repeats 5] [--threads 1] [--live] [--pairs ...] [--smoke]``
 """
 
 from __future__ import annotations
@@ -20,17 +22,36 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from method_zoo import PAIRS
 
-from kdlib import models
+from kdlib import data, models
 from kdlib.methods import METHODS, NotApplicable, distill_with
 from kdlib.profile import cpu_name
 from kdlib.train import fit
 
 RESULTS = Path(__file__).parent / "results" / "distill_throughput.json"
+
+
+@dataclass(frozen=True)
+class Pair:
+    dataset: str
+    teacher: str
+    student: str
+    batch_size: int
+    data_kwargs: dict
+
+    def load(self, smoke: bool) -> data.Dataset:
+        kwargs = {**self.data_kwargs, **(dict(train_size=512, test_size=256) if smoke else {})}
+        return data.load(self.dataset, device="cpu", **kwargs)
+
+
+PAIRS = {
+    "mnist1d": Pair("mnist1d", "mnist1d_cnn", "mlp", batch_size=100, data_kwargs={}),
+    "fashion": Pair("fashion_mnist", "cnn", "lenet5", batch_size=128, data_kwargs=dict(train_size=10_000)),
+}
 
 
 def main() -> None:
@@ -41,17 +62,19 @@ def main() -> None:
     parser.add_argument("--live", action="store_true", help="run the teacher on every batch (no cache)")
     parser.add_argument("--smoke", action="store_true", help="tiny data, 2 steps, 1 repeat")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.repeats = 2, 1
     torch.set_num_threads(args.threads)
 
     report = {}
-    for name, pair in PAIRS.items():
+    for name in args.pairs:
+        pair = PAIRS[name]
         dataset = pair.load(args.smoke)
         teacher = models.create(pair.teacher, dataset.num_classes, seed=0)
-        fit(teacher, dataset, steps=args.steps, batch_size=pair.student_fit["batch_size"], progress=False)
-        batch = pair.student_fit["batch_size"]
+        batch = pair.batch_size
+        fit(teacher, dataset, steps=args.steps, batch_size=batch, progress=False)
         seconds: dict[str, list[float]] = {m: [] for m in METHODS}
         skipped = {}
         for repeat in range(args.repeats + 1):  # repeat 0 warms up allocator and kernels and is discarded

@@ -48,10 +48,16 @@ def load_results(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        script = Path("benchmarks") / f"{path.stem}.py"
+        script = path.parent.parent / f"{path.stem}.py"  # benchmarks/results/x.json is written by benchmarks/x.py
+        if script.is_file():
+            regenerate = (f"To regenerate it, run `python benchmarks/{script.name}` from the repository root "
+                          "(its docstring gives the run time and options).")
+        elif script.parent.is_dir():
+            regenerate = "No script in benchmarks/ writes it: it is committed as it is; restore it from the repository."
+        else:
+            regenerate = "In a clone, the benchmark script of the same name in benchmarks/ writes each such file."
         raise FileNotFoundError(
             f"{path} not found. This chapter reads results committed with the book: run it from the notebooks/ "
-            f"folder of a clone of the book's repository, where the file is in benchmarks/results/. To regenerate "
-            f"it, run `python {script}` from the repository root (its docstring gives the run time and options)."
+            f"folder of a clone of the book's repository, where the file is in benchmarks/results/. {regenerate}"
         )
     return json.loads(path.read_text(encoding="utf-8"))

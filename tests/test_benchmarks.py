@@ -180,3 +180,14 @@ def test_quantize_int8_smoke(tmp_path):
     targets = result["targets"]
     assert targets["met"]["size"] == (targets["size_ratio"] >= 3.5 and targets["size_ratio_onnx"] >= 3.5)
     assert targets["met"]["speed"] == (targets["speedup_batch64"] >= 2.0) and result["smoke"] is True
+
+
+def test_distill_throughput_smoke(tmp_path):
+    out = tmp_path / "throughput.json"
+    run_script("benchmarks/distill_throughput.py", "--smoke", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert set(result["pairs"]) == {"mnist1d", "fashion"} and result["smoke"] is True
+    for pair in result["pairs"].values():
+        rows = pair["methods"]
+        assert rows["student"]["status"] == "ok" and rows["student"]["time_ratio"] == 1.0
+        assert all(row["status"] == "n/a" or row["samples_per_second"] > 0 for row in rows.values())

@@ -40,11 +40,16 @@ def test_glue_numbers_refuses_what_the_prose_cannot_format(glued, bad):
     assert glued == {}
 
 
-def test_load_results_reads_json_and_says_how_to_regenerate_a_missing_file(tmp_path):
-    path = tmp_path / "results" / "prune_speedup.json"
+def test_load_results_reads_json_and_says_how_to_get_a_missing_file(tmp_path):
+    path = tmp_path / "benchmarks" / "results" / "prune_speedup.json"
+    with pytest.raises(FileNotFoundError, match="clone of the book's repository.*script of the same name"):
+        book.load_results(path)  # a chapter downloaded alone: no benchmarks/ folder
+    path.parent.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="No script in benchmarks/ writes it"):
+        book.load_results(path)  # results that no script writes (numbers copied from papers)
+    (path.parents[1] / "prune_speedup.py").touch()
     with pytest.raises(FileNotFoundError, match=r"python benchmarks/prune_speedup\.py"):
         book.load_results(path)
-    path.parent.mkdir()
     path.write_text(json.dumps({"seeds": 3}))
     assert book.load_results(path) == {"seeds": 3}
 
