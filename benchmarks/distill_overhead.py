@@ -8,7 +8,7 @@ alternates three kinds of epoch, repeated, and reports medians of the training t
   the data has no augmentation); the one-off cost of building the cache is reported separately;
 * live: distillation running the frozen teacher on every batch (what augmentation requires).
 
-The goal stated in the foundation issue is cached / plain <= 1.15. Results go to
+The target is cached / plain <= 1.15. Results go to
 ``benchmarks/results/distill_overhead.json`` for chapter 3.
 
 Usage: ``python benchmarks/distill_overhead.py [--repeats 7] [--threads 2] [--quick]``

@@ -111,8 +111,8 @@ def run_smoke(
 def nbval_smoke(notebook_path: str | Path, tmp_path: Path) -> tuple[int, str]:
     """Run ``pytest --nbval-lax`` on the committed notebook with ``smoke=True`` injected; return (exit code, output).
 
-    The copy keeps the committed outputs (those of the full run), and nbval compares only the cells marked
-    ``# NBVAL_CHECK_OUTPUT``, so those cells must print the same thing whatever the parameters: shapes,
+    The copy keeps the committed outputs (those of the full run), and nbval compares only the cells tagged
+    ``nbval-check-output``, so those cells must print the same thing whatever the parameters: shapes,
     parameter counts, a loss on a fixed tensor. Every other cell only has to run without error.
     """
     from papermill.iorw import load_notebook_node

@@ -1,6 +1,6 @@
 """Chapter 3, "Vanilla knowledge distillation": the notebook runs in smoke mode (its live part tiny, its tables
-from the committed benchmark results), its glued numbers are consistent with one another, and the cells marked
-``# NBVAL_CHECK_OUTPUT`` match the committed full run."""
+from the committed benchmark results), its glued numbers are consistent with one another, and the cells tagged
+``nbval-check-output`` match the committed full run."""
 
 from __future__ import annotations
 

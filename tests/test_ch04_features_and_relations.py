@@ -1,5 +1,5 @@
 """Chapter 4, "Beyond logits": the notebook runs in smoke mode, its glued numbers are consistent, and the cells
-marked ``# NBVAL_CHECK_OUTPUT`` match the committed full run."""
+tagged ``nbval-check-output`` match the committed full run."""
 
 from __future__ import annotations
 
