@@ -3,8 +3,8 @@
 The book is built from the committed notebook outputs (no execution, every warning an error) into a temporary
 folder, served on localhost, and every page of the table of contents is opened in headless Chromium. On each:
 mathematics typeset (no raw TeX left after MathJax ran), every image loaded with a caption and alt text and not
-shrunk to illegibility, no request to any other host, no console error, no bookkeeping code shown, no code line
-cut by the text column. Separately, every internal link of the built HTML resolves (file and anchor).
+shrunk to illegibility, no request to any other host, no console error, no bookkeeping code shown, no code line or
+equation cut by the text column. Separately, every internal link of the built HTML resolves (file and anchor).
 
 Chromium: Debian's ``chromium`` (``make browser`` installs it as root), or the path in ``$CHROMIUM``; the server and
 browser settings are those of ``tools/book_browser.py``, which also takes screenshots.
@@ -125,7 +125,7 @@ async () => {
       await new Promise(resolve => setTimeout(resolve, 50));
     if (window.MathJax && MathJax.startup) await MathJax.startup.promise;
   }
-  const findings = {rawTex: [], images: [], bookkeeping: [], wideCode: [], mathjax: !document.querySelector('.math') || !!(window.MathJax && MathJax.version)};
+  const findings = {rawTex: [], images: [], bookkeeping: [], wideCode: [], wideMath: [], mathjax: !document.querySelector('.math') || !!(window.MathJax && MathJax.version)};
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   while (walker.nextNode()) {
     const node = walker.currentNode, parent = node.parentElement;
@@ -150,6 +150,12 @@ async () => {
   }
   for (const pre of document.querySelectorAll('.cell_input pre')) {
     if (pre.scrollWidth > pre.clientWidth + 2) findings.wideCode.push(pre.innerText.split('\\n')[0].slice(0, 80));
+  }
+  const column = document.querySelector('main article') || document.querySelector('main');
+  for (const math of document.querySelectorAll('mjx-container[display="true"]')) {
+    const box = math.getBoundingClientRect(), inner = math.firstElementChild.getBoundingClientRect();
+    if (inner.width > box.width + 2 || box.right > column.getBoundingClientRect().right + 2)
+      findings.wideMath.push((math.querySelector('mjx-assistive-mml') || math).textContent.slice(0, 60));
   }
   return findings;
 }
@@ -203,6 +209,10 @@ def test_every_image_loads_with_caption_alt_text_and_legible_size(pages):
 
 def test_no_bookkeeping_code_is_shown(pages):
     assert not _report(pages, "bookkeeping"), f"glue/nbval code shown to the reader: {_report(pages, 'bookkeeping')}"
+
+
+def test_display_equations_fit_the_text_column(pages):
+    assert not _report(pages, "wideMath"), f"equations wider than the text column: {_report(pages, 'wideMath')}"
 
 
 def test_code_lines_fit_the_text_column(pages):

@@ -59,7 +59,8 @@ class CRDLoss(nn.Module):
 
     .. math::
 
-        P_{n,k} = \frac{\exp(s_n^\top M^T_{j_{n,k}} / \tau)}{Z_S}, \qquad
+        P_{n,k} = \frac{\exp(s_n^\top M^T_{j_{n,k}} / \tau)}{Z_S},
+
         \ell_S = -\frac{1}{N} \sum_{n=1}^{N} \Big[ \log \frac{P_{n,0}}{P_{n,0} + K/M}
                   + \sum_{k=1}^{K} \log \frac{K/M}{P_{n,k} + K/M} \Big]
 

@@ -76,7 +76,8 @@ def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 
     .. math::
 
-        \mathcal{Z}(z)_{n,i} = \frac{z_{n,i} - \bar z_n}{\sigma_n + \epsilon}, \qquad
+        \mathcal{Z}(z)_{n,i} = \frac{z_{n,i} - \bar z_n}{\sigma_n + \epsilon},
+
         \bar z_n = \frac1C \sum_{j=1}^{C} z_{n,j}, \qquad
         \sigma_n = \sqrt{\frac{1}{C-1} \sum_{j=1}^{C} (z_{n,j} - \bar z_n)^2}
 
@@ -421,10 +422,11 @@ def dist_loss(
 
     .. math::
 
-        \mathcal{L}_{DIST} = T^2 \Big(\beta\, \frac1N \sum_{n=1}^{N} d_P\big(Y^{\mathcal S}_{n,:},
-            Y^{\mathcal T}_{n,:}\big) + \gamma\, \frac1C \sum_{i=1}^{C} d_P\big(Y^{\mathcal S}_{:,i},
+        \mathcal{L}_{DIST} = T^2 \Big(&\beta\, \frac1N \sum_{n=1}^{N} d_P\big(Y^{\mathcal S}_{n,:},
+            Y^{\mathcal T}_{n,:}\big) \\ &+ \gamma\, \frac1C \sum_{i=1}^{C} d_P\big(Y^{\mathcal S}_{:,i},
             Y^{\mathcal T}_{:,i}\big)\Big),
-        \qquad Y = \mathrm{softmax}(z / T) \text{ row-wise},
+
+        Y = \mathrm{softmax}(z / T) \text{ row-wise},
 
     where :math:`d_P = 1 - \rho` is :func:`pearson_distance`. The first term (inter-class relation)
     compares, for each sample, how the two models rank and space the classes; the second (intra-class

@@ -158,7 +158,8 @@ def rkd_distance_loss(student_features: torch.Tensor, teacher_features: torch.Te
     .. math::
 
         \psi_D(f_i, f_j) = \frac{\lVert f_i - f_j \rVert_2}{\mu}, \quad
-        \mu = \frac{1}{N(N-1)} \sum_{i \ne j} \lVert f_i - f_j \rVert_2, \qquad
+        \mu = \frac{1}{N(N-1)} \sum_{i \ne j} \lVert f_i - f_j \rVert_2,
+
         \mathcal{L}_{RKD\text{-}D} = \frac{1}{N^2} \sum_{i=1}^{N} \sum_{j=1}^{N}
             \ell_\delta\big(\psi_D(s_i, s_j) - \psi_D(t_i, t_j)\big)
 
@@ -196,7 +197,8 @@ def rkd_angle_loss(student_features: torch.Tensor, teacher_features: torch.Tenso
     .. math::
 
         \psi_A(f_i, f_j, f_k) = \langle e_{ij}, e_{kj} \rangle, \quad
-        e_{ij} = \frac{f_i - f_j}{\lVert f_i - f_j \rVert_2}, \qquad
+        e_{ij} = \frac{f_i - f_j}{\lVert f_i - f_j \rVert_2},
+
         \mathcal{L}_{RKD\text{-}A} = \frac{1}{N^3} \sum_{i,j,k}
             \ell_\delta\big(\psi_A(s_i, s_j, s_k) - \psi_A(t_i, t_j, t_k)\big)
 
@@ -282,7 +284,8 @@ def pkt_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, eps
 
         K_{ij} = \frac{1}{2}\Big(\frac{f_i^\top f_j}{(\lVert f_i \rVert + \epsilon)(\lVert f_j \rVert + \epsilon)}
             + 1\Big), \quad
-        p_{j|i} = \frac{K_{ij}}{\sum_{k} K_{ik}}, \qquad
+        p_{j|i} = \frac{K_{ij}}{\sum_{k} K_{ik}},
+
         \mathcal{L}_{PKT} = \frac{1}{N^2} \sum_{i=1}^{N} \sum_{j=1}^{N}
             p^T_{j|i} \log \frac{p^T_{j|i} + \epsilon}{p^S_{j|i} + \epsilon}
 
