@@ -82,14 +82,16 @@ def test_colliding_labels_get_distinct_years_once():
     assert entries["one"].fields["year"] == "2021"
 
 
-@pytest.mark.parametrize("url", ["", "https://example.org/kdlib"])
+@pytest.mark.parametrize("url", ["", "https://github.com/someone/kdlib", "https://git.example.org/kdlib"])
 def test_repository_url_turns_on_buttons_and_names_the_repository(monkeypatch, url):
     monkeypatch.delenv("BOOK_REPOSITORY_URL", raising=False)
     config = SimpleNamespace(html_theme_options={"repository_url": url, "launch_buttons": {"thebe": False}},
                              myst_substitutions={})
     kdlib_book.configure(None, config)
     options, text = config.html_theme_options, config.myst_substitutions["get_the_code"]
-    assert bool(options.get("use_repository_button")) == bool(url)
-    assert (options["launch_buttons"].get("colab_url") == kdlib_book.COLAB) == bool(url)
-    assert (url in text) if url else ("http" not in text)
+    on_github = "github.com" in url
+    assert bool(options.get("use_repository_button")) == on_github  # the theme knows GitHub, GitLab, Bitbucket
+    assert (options["launch_buttons"].get("colab_url") == kdlib_book.COLAB) == on_github
+    assert options["repository_url"] == (url if on_github else "")
+    assert (url in text) if url else ("http" not in text)  # any host is named in the chapters' boxes
     assert "make notebooks" in text and "pip install -e ." in text

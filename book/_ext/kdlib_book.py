@@ -4,14 +4,15 @@
   default labels would call the same entry "[HVD15]" in the reference lists. The label style registered here
   gives the lists the text's labels, so a reader sees one style throughout.
 - ``repository.url`` in ``_config.yml`` (or the environment variable ``BOOK_REPOSITORY_URL``) is the one place
-  the repository's address is set. This extension turns on the repository, issue and "open in Colab" buttons
-  when it is set, and defines the substitution ``{{ get_the_code }}`` the chapters use to say where their code
-  is and how to run it.
+  the repository's address is set. Where it is on GitHub, GitLab or Bitbucket, this extension turns on the
+  repository and issue buttons (and "open in Colab" for GitHub); on any host it defines the substitution
+  ``{{ get_the_code }}`` the chapters use to say where their code is and how to run it.
 """
 
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 from pybtex.plugin import register_plugin
 from pybtex.richtext import Text
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
@@ -91,9 +92,16 @@ def get_the_code(url: str) -> str:
 def configure(app, config) -> None:
     url = repository_url(config)
     options = dict(config.html_theme_options)
-    if url:
-        options.update(repository_url=url, use_repository_button=True, use_issues_button=True)
-        options["launch_buttons"] = {**options.get("launch_buttons", {}), "colab_url": COLAB}
+    # The theme's buttons know GitHub, GitLab and Bitbucket (and Colab opens notebooks from GitHub only); any
+    # other host still gets its link in every chapter's box, without buttons.
+    provider = next((name for name in ("github", "gitlab", "bitbucket") if name in urlsplit(url).netloc), None)
+    if provider:
+        options.update(repository_url=url, repository_provider=provider, use_repository_button=True,
+                       use_issues_button=True)
+        if provider == "github":
+            options["launch_buttons"] = {**options.get("launch_buttons", {}), "colab_url": COLAB}
+    else:
+        options["repository_url"] = ""
     config.html_theme_options = options
     config.myst_substitutions = {**config.myst_substitutions, "get_the_code": get_the_code(url)}
 
