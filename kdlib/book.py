@@ -31,7 +31,7 @@ def glue_numbers(prefix: str = "", /, **values: Any) -> None:
     for name, value in values.items():
         if isinstance(value, str):
             glue(prefix + name, value, display=False)
-        elif isinstance(value, numbers.Real) or hasattr(value, "__float__") and getattr(value, "ndim", 0) == 0:
+        elif isinstance(value, numbers.Real) or (hasattr(value, "__float__") and getattr(value, "ndim", 0) == 0):
             glue(prefix + name, float(value), display=False)
         else:
             raise TypeError(

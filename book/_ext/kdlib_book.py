@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from urllib.parse import urlsplit
+
 from pybtex.plugin import register_plugin
 from pybtex.richtext import Text
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
