@@ -32,7 +32,8 @@ help:
 	@echo "make book       build the HTML book in _build/html (executes every chapter)"
 	@echo "make test       run the test suite"
 	@echo "make notebooks  re-execute notebooks/*.ipynb in place and stamp them (NOTEBOOKS=... for some)"
-	@echo "make clean      remove build outputs; make distclean also removes $(VENV)"
+	@echo "make browser    install Chromium for the browser test (Debian, as root)"
+	@echo "make clean      remove build outputs; make distclean also removes $(VENV) and MathJax"
 
 # The environment: rebuilt when requirements.txt or pyproject.toml change. The `python3` kernel that
 # papermill, nbval and Jupyter Book start is installed into the venv itself; nothing is registered globally.
