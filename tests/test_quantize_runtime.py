@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -70,6 +72,23 @@ def test_check_parity_raises_with_the_numbers(trained, images):
     other = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
     with pytest.raises(Q.ParityError, match=r"max \|Δlogit\| = .* \(tolerance 1e-05\)"):
         Q.check_parity(trained, other, images.test.x[:8], atol=1e-5)
+
+
+def test_int8_parity_preset_accepts_a_correct_int8_model_and_rejects_a_wrong_one(trained, images, exported):
+    _, _, int8 = exported
+    engine = Q.OnnxModel(int8)
+    with pytest.raises(Q.ParityError):  # the exact defaults refuse a correct int8 model ...
+        Q.check_parity(trained, engine, images.test.x)
+    report = Q.check_parity(trained, engine, images.test.x, preset="int8")  # ... the int8 preset accepts it
+    assert report["top1_agreement"] >= Q.PARITY_PRESETS["int8"]["min_agreement"]
+    torch.manual_seed(1)
+    wrong = copy.deepcopy(trained)
+    for p in wrong.parameters():
+        p.data = torch.randn_like(p)  # other weights: what an export that loaded the wrong file would run
+    with pytest.raises(Q.ParityError, match="'int8' tolerances"):
+        Q.check_parity(trained, wrong, images.test.x, preset="int8")
+    with pytest.raises(ValueError, match="known presets: exact, int8"):
+        Q.check_parity(trained, engine, images.test.x, preset="fp16")
 
 
 def test_runtime_errors_say_what_to_do(trained, images, exported, tmp_path):

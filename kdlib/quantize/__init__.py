@@ -39,6 +39,7 @@ from kdlib.quantize.observers import (
 from kdlib.quantize.runtime import (
     OnnxModel,
     ParityError,
+    PARITY_PRESETS,
     check_parity,
     export_onnx,
     parity,
@@ -60,6 +61,7 @@ __all__ = [
     "QuantizedTensor",
     "calibrate",
     "check_bits",
+    "PARITY_PRESETS",
     "check_parity",
     "codebook_size_bytes",
     "dequantize",
