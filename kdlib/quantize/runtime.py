@@ -297,8 +297,8 @@ def check_parity(
 
     The largest logit difference may be at most ``atol + rtol * max|reference logit|``, and at least
     ``min_agreement`` of the top-1 predictions must agree. ``preset`` chooses the three (see
-    ``kdlib.quantize.PARITY_PRESETS``): ``"exact"`` for the same model in another engine, ``"int8"`` for an int8 model
-    against its float original; an explicit ``atol``, ``rtol`` or ``min_agreement`` overrides the preset's.
+    ``kdlib.quantize.PARITY_PRESETS``): ``"exact"`` for the same model in another engine, ``"int8"`` for an
+    int8 model against its float original; an explicit ``atol``, ``rtol`` or ``min_agreement`` overrides it.
     """
     if preset not in PARITY_PRESETS:
         raise ValueError(f"unknown parity preset {preset!r}; known presets: {', '.join(PARITY_PRESETS)}")
