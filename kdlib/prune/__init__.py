@@ -32,12 +32,14 @@ from kdlib.prune.unstructured import (
 )
 
 from kdlib.prune.structured import PruneResult, channels, prune_channels, prune_conv_chain_l1
+from kdlib.prune.plan import apply_plan, load_pruned, save_pruned
 from kdlib.prune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 
 __all__ = [
     "PRUNABLE_TYPES",
     "PruneResult",
     "agp_sparsity",
+    "apply_plan",
     "batchnorm_layers",
     "channels",
     "check_sparsity",
@@ -48,6 +50,7 @@ __all__ = [
     "fine_tune",
     "gradual",
     "is_pruned",
+    "load_pruned",
     "iterative",
     "lottery_ticket",
     "make_permanent",
@@ -63,6 +66,7 @@ __all__ = [
     "prune_random",
     "recalibrate_batchnorm",
     "rewind",
+    "save_pruned",
     "round_sparsities",
     "save_rewind_point",
     "sensitivity",
