@@ -83,7 +83,7 @@ def heatmap(
     middle = np.nanmean(values)
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=9,
                     color="white" if v < middle else "black")
     ax.figure.colorbar(image, ax=ax, label=colorbar)
     return ax
@@ -130,7 +130,7 @@ def cost_comparison(
         ax.set_title(title)
         if key in ("params", "flops", "size_bytes") and min(values) > 0:
             ax.set_yscale("log")
-        ax.bar_label(bars, labels=[_short(v) for v in values], fontsize=8)
+        ax.bar_label(bars, labels=[_short(v) for v in values], fontsize=9)
         ax.tick_params(axis="x", rotation=20)
     return fig
 
@@ -172,7 +172,7 @@ def fidelity(
     for ax in axes:
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=9)
     return fig
 
 
