@@ -14,6 +14,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 FASHION_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
 # Seconds 'make data' and 'make browser' wait for another apt/dpkg process to release its lock.
 APT_LOCK_WAIT ?= 600
+# apt-get that waits for another apt/dpkg process's lock instead of failing at once.
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT)
 # MathJax, served with the book so that its mathematics is typeset offline (tools/get_mathjax.py).
 MATHJAX := book/_static/mathjax/VERSION
 
@@ -56,8 +58,7 @@ data:
 	  echo "data: Fashion-MNIST found in $(FASHION_MNIST)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "data: installing Fashion-MNIST (apt-get install dataset-fashion-mnist; waits up to $(APT_LOCK_WAIT) s for apt's lock)"; \
-	  { apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT) update -qq \
-	    && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT) install -y -qq dataset-fashion-mnist; } \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq dataset-fashion-mnist; } \
 	    || { echo "data: note: apt-get could not install dataset-fashion-mnist. If another apt or dpkg process holds its lock,"; \
 	         echo "      let it finish (or set APT_LOCK_WAIT=... seconds) and run 'make data' again. Until then kdlib"; \
 	         echo "      downloads Fashion-MNIST through torchvision where the network allows, and the tests that need it fail."; }; \
@@ -73,8 +74,7 @@ browser:
 	  echo "browser: Chromium found"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "browser: installing Chromium for the browser test (apt-get install chromium)"; \
-	  { apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT) update -qq \
-	    && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT) install -y -qq --no-install-recommends chromium >/dev/null; } \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends chromium >/dev/null; } \
 	    || echo "browser: note: apt-get could not install chromium; the browser test will be skipped (run 'make browser' again)"; \
 	else \
 	  echo "browser: note: Chromium not found; the browser test will be skipped. Install Debian's 'chromium' package"; \

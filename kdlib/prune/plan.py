@@ -19,12 +19,11 @@ import torch_pruning as tp
 from torch import nn
 
 from kdlib.checkpoint import PathLike, load_checkpoint, save_checkpoint
-from kdlib.prune.structured import PruneResult
+from kdlib.prune.structured import PruneResult, channels
 
 __all__ = ["apply_plan", "load_pruned", "save_pruned"]
 
 _FORMAT = "kdlib.pruned/1"
-_PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def apply_plan(model: nn.Module, example_inputs: torch.Tensor, kept: dict[str, Sequence[int]]) -> nn.Module:
@@ -38,22 +37,20 @@ def apply_plan(model: nn.Module, example_inputs: torch.Tensor, kept: dict[str, S
         ValueError: a name that is not a Conv/Linear layer of ``model``, or indices outside the layer.
     """
     modules = dict(model.named_modules())
+    sizes = channels(model)  # out channels of every Conv/Linear, before any pruning
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     for name, keep in kept.items():
-        layer = modules.get(name)
-        if not isinstance(layer, _PRUNABLE):
-            known = [n for n, m in modules.items() if isinstance(m, _PRUNABLE)]
+        if name not in sizes:
             raise ValueError(f"the plan prunes {name!r}, which is not a Conv/Linear layer of this model "
-                             f"(its layers: {', '.join(known)}); is it the architecture that was pruned?")
-        is_conv = isinstance(layer, nn.modules.conv._ConvNd)
-        size = layer.out_channels if is_conv else layer.out_features
-        keep = sorted(int(i) for i in keep)
+                             f"(its layers: {', '.join(sizes)}); is it the architecture that was pruned?")
+        size, keep = sizes[name], sorted(int(i) for i in keep)
         if not keep or keep[0] < 0 or keep[-1] >= size or len(set(keep)) != len(keep):
             raise ValueError(f"the plan keeps channels {keep[:5]}... of {name!r}, which has {size}: indices must "
                              "be distinct and in [0, size); is this the architecture that was pruned?")
-        removed = [i for i in range(size) if i not in set(keep)]
+        removed = sorted(set(range(size)) - set(keep))
         if removed:
-            prune = tp.prune_conv_out_channels if is_conv else tp.prune_linear_out_channels
+            layer = modules[name]
+            prune = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
             graph.get_pruning_group(layer, prune, idxs=removed).prune()
     return model
 
@@ -91,9 +88,9 @@ def load_pruned(path: PathLike, model: nn.Module, *, map_location: Any = "cpu") 
     device = next(model.parameters()).device
     example = torch.zeros(1, *state["input_shape"], dtype=getattr(torch, state["input_dtype"]), device=device)
     apply_plan(model.eval(), example, state["kept"])
-    mismatched = [k for k, v in state["state_dict"].items()
-                  if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
-    missing = sorted(set(state["state_dict"]) ^ set(model.state_dict()))
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    mismatched = [k for k, v in state["state_dict"].items() if k in shapes and shapes[k] != v.shape]
+    missing = sorted(set(state["state_dict"]) ^ set(shapes))
     if mismatched or missing:
         raise ValueError(f"the model does not match the saved pruned model after its plan was applied "
                          f"(different shapes: {mismatched[:5]}, names in only one of them: {missing[:5]}); "

@@ -37,9 +37,9 @@ from kdlib.quantize.observers import (
     make_observer,
 )
 from kdlib.quantize.runtime import (
+    PARITY_PRESETS,
     OnnxModel,
     ParityError,
-    PARITY_PRESETS,
     check_parity,
     export_onnx,
     parity,
@@ -49,6 +49,7 @@ from kdlib.quantize.runtime import (
 from kdlib.quantize.size import pack_codes, packed_state, quantized_size_bytes, unpack_codes
 
 __all__ = [
+    "PARITY_PRESETS",
     "FakeQuantLayer",
     "MSEObserver",
     "MinMaxObserver",
@@ -61,7 +62,6 @@ __all__ = [
     "QuantizedTensor",
     "calibrate",
     "check_bits",
-    "PARITY_PRESETS",
     "check_parity",
     "codebook_size_bytes",
     "dequantize",
