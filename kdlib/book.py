@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 import numbers
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["glue_numbers", "load_results"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["glue_comparison", "glue_numbers", "load_results"]
 
 
 def glue_numbers(prefix: str = "", /, **values: Any) -> None:
@@ -38,6 +43,23 @@ def glue_numbers(prefix: str = "", /, **values: Any) -> None:
                 f"glue_numbers({prefix + name}=...): got {type(value).__name__}; pass a number or a string "
                 "(for a one-element tensor or array, pass float(value))"
             )
+
+
+def glue_comparison(
+    prefix: str, table: pd.DataFrame, *, fields: Sequence[str] = ("diff", "low", "high", "verdict"), means: bool = True
+) -> None:
+    """Glue a :func:`kdlib.protocol.compare` (or ``contrasts``) table, arm by arm.
+
+    Each arm's name becomes an identifier (``"KD, lr 1e-3"`` → ``KD_lr_1e_3``); its ``mean`` is glued as
+    ``<prefix><arm>_mean`` (unless ``means=False``) and, for every arm compared with the baseline (a verdict other
+    than ``"—"``), each of ``fields`` as ``<prefix><arm>_<field>``.
+    """
+    for arm, row in table.iterrows():
+        key = prefix + re.sub(r"\W+", "_", str(arm)).strip("_") + "_"
+        if means:
+            glue_numbers(key, mean=row["mean"])
+        if row["verdict"] != "—":
+            glue_numbers(key, **{field: row[field] for field in fields})
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

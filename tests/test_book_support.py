@@ -40,6 +40,20 @@ def test_glue_numbers_refuses_what_the_prose_cannot_format(glued, bad):
     assert glued == {}
 
 
+def test_glue_comparison_glues_each_arm_under_an_identifier(glued):
+    import pandas as pd
+
+    table = pd.DataFrame({"mean": [85.7, 89.1], "diff": [float("nan"), 3.4], "low": [float("nan"), 0.6],
+                          "high": [float("nan"), 6.1], "verdict": ["—", "n.s."]}, index=["alone", "KD, lr 1e-3"])
+    book.glue_comparison("arm_", table)
+    assert glued == {"arm_alone_mean": (85.7, False), "arm_KD_lr_1e_3_mean": (89.1, False),
+                     "arm_KD_lr_1e_3_diff": (3.4, False), "arm_KD_lr_1e_3_low": (0.6, False),
+                     "arm_KD_lr_1e_3_high": (6.1, False), "arm_KD_lr_1e_3_verdict": ("n.s.", False)}
+    glued.clear()
+    book.glue_comparison("abl_", table, fields=("diff",), means=False)  # the baseline ("—") gets nothing
+    assert glued == {"abl_KD_lr_1e_3_diff": (3.4, False)}
+
+
 def test_load_results_reads_json_and_says_how_to_get_a_missing_file(tmp_path):
     path = tmp_path / "benchmarks" / "results" / "prune_speedup.json"
     with pytest.raises(FileNotFoundError, match="clone of the book's repository.*script of the same name"):
