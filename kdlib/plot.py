@@ -194,3 +194,36 @@ def effects(table: Any, *, ax: Axes | None = None, xlabel: str = "difference to 
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     return ax
+
+
+def pareto(
+    points: Sequence[Mapping[str, Any]],
+    front: Sequence[Mapping[str, Any]],
+    *,
+    cost: str,
+    value: str = "test_accuracy",
+    marks: Mapping[str, Mapping[str, Any]] | None = None,
+    xlabel: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Accuracy (``value``, in [0, 1], shown in %) against a cost on a log axis: every point, the Pareto front as a
+    line through its points, and ``marks`` (e.g. the teacher and the uncompressed student) as labelled stars.
+
+    A point's ``<value>_std`` key, when present, is drawn as an error bar.
+    """
+    ax = _axes(ax)
+    xs = [p[cost] for p in points]
+    ys = [100 * p[value] for p in points]
+    errors = [100 * p.get(f"{value}_std", 0.0) for p in points]
+    ax.errorbar(xs, ys, yerr=errors, fmt="o", color="0.6", markersize=4, elinewidth=0.8, label="all settings")
+    ordered = sorted(front, key=lambda p: p[cost])
+    ax.plot([p[cost] for p in ordered], [100 * p[value] for p in ordered], "o-", color="C0", markersize=5,
+            label="Pareto front")
+    for i, (label, point) in enumerate((marks or {}).items()):
+        ax.plot(point[cost], 100 * point[value], "*", markersize=13, color=f"C{i + 1}", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel or cost.replace("_", " "))
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    return ax

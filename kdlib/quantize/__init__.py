@@ -38,6 +38,7 @@ from kdlib.quantize.observers import (
 )
 from kdlib.quantize.runtime import (
     PARITY_PRESETS,
+    CompiledInt8,
     OnnxModel,
     ParityError,
     check_parity,
@@ -62,6 +63,7 @@ __all__ = [
     "QuantizedTensor",
     "calibrate",
     "check_bits",
+    "CompiledInt8",
     "check_parity",
     "codebook_size_bytes",
     "dequantize",

@@ -43,7 +43,7 @@ class ParityError(AssertionError):
     """Two models that should compute the same function disagree by more than the tolerance."""
 
 
-def _dynamic_batch(example: torch.Tensor) -> tuple[torch.Tensor, tuple[dict[int, object]]]:
+def symbolic_batch(example: torch.Tensor) -> tuple[torch.Tensor, tuple[dict[int, object]]]:
     """An example input and ``dynamic_shapes`` for ``torch.export`` with a symbolic batch dimension.
 
     A batch of one is repeated to two: ``torch.export`` would specialize a batch of one to the constant 1.
@@ -64,7 +64,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example: torch.T
     model.eval()
     example, shapes = example.detach().to(module_device(model)), None
     if dynamic_batch:
-        example, shapes = _dynamic_batch(example)
+        example, shapes = symbolic_batch(example)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -192,7 +192,7 @@ def quantize_onnx(
     return int8_path
 
 
-class _Compiled(nn.Module):
+class CompiledInt8(nn.Module):
     """A PT2E int8 graph compiled by inductor with weight freezing (needed for its int8 fusions).
 
     Compiled per batch size (``dynamic=False``): inductor's dynamic-shape int8 convolution lowering fails a
@@ -236,7 +236,7 @@ def quantize_pt2e(
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
     inputs = [x.detach().to("cpu", torch.float32) for x in calibration_batches(calibration, batches, batch_size)]
-    example, shapes = _dynamic_batch(inputs[0])
+    example, shapes = symbolic_batch(inputs[0])
     was_training = model.training
     try:
         graph = torch.export.export(model.eval(), (example,), dynamic_shapes=shapes)
@@ -253,7 +253,7 @@ def quantize_pt2e(
         converted = allow_exported_model_train_eval(convert_pt2e(observed))  # so evaluate() may call .eval()
     if not compile:
         return converted
-    compiled = _Compiled(converted)
+    compiled = CompiledInt8(converted)
     if verify:
         check_parity(converted, compiled, inputs[0], atol=float("inf"), min_agreement=0.99)
     return compiled
