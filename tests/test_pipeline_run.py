@@ -83,6 +83,17 @@ def test_a_run_killed_during_a_stage_resumes_after_the_last_finished_one(tmp_pat
     assert [s["stage"] for s in report["stages"]] == ["00_teacher", "01_distill", "02_prune", "03_quantize", "04_export"]
 
 
+def test_a_pt2e_stage_saves_an_exported_program_that_reloads_with_the_same_predictions(tmp_path):
+    recipe = set_value(set_value(RAW, "quantize.backend", "pt2e"), "export.enabled", False)
+    recipe = set_value(recipe, "evaluate.enabled", False)
+    report = run(recipe, tmp_path / "pt2e", smoke=True, log=quiet)
+    folder = tmp_path / "pt2e" / "03_quantize"
+    assert (folder / "model_int8.pt2").is_file() and report["stages"][-1]["artifact"] == "model_int8.pt2"
+    ctx = runner.make_context(runner.shrink(load_recipe(recipe)), quiet)
+    program = stages.load_stage_model(ctx, "quantize", folder)
+    assert evaluate(program, ctx.test)["accuracy"] == pytest.approx(report["stages"][-1]["test_accuracy"])
+
+
 def test_an_output_folder_of_another_recipe_is_refused_untouched_unless_restarted(finished, tmp_path):
     out = tmp_path / "conflict"
     recipe = set_value(RAW, "evaluate.enabled", False)

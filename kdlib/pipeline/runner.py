@@ -177,8 +177,8 @@ def _evaluate(ctx: stages.Context, out: Path, step: Step, done: list[tuple[Step,
                if s.kind != "export" or not _same_file(out, done, s)]
     if not any(s.kind == "distill" for s, _ in done):  # no distill stage: the student as given is the reference
         stages.save_model(work / "student.pt", ctx.cache["student"])
-        entries.insert(int(entries[:1] != [] and entries[0][1] == "teacher"),
-                       ("start", "distill", "student", work / "student.pt"))
+        after_teacher = 1 if entries and entries[0][1] == "teacher" else 0
+        entries.insert(after_teacher, ("start", "distill", "student", work / "student.pt"))
     loaded, engines, rows = {}, {}, []
     for stage, kind, label, file in entries:
         model = stages.load_stage_model(ctx, kind, file.parent) if stage != "start" else ctx.cache["student"]

@@ -128,7 +128,10 @@ def load_stage_model(ctx: Context, kind: str, folder: Path) -> nn.Module:
     if kind == "quantize":
         if (folder / "model_int8.onnx").is_file():
             return Q.OnnxModel(folder / "model_int8.onnx")
-        return torch.export.load(str(folder / "model_int8.pt2")).module()
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+        # An exported program refuses .eval() unless told that train/eval need not change its graph.
+        return allow_exported_model_train_eval(torch.export.load(str(folder / "model_int8.pt2")).module())
     if kind == "export":
         return Q.OnnxModel(folder / "model.onnx")
     raise ValueError(f"stage {kind!r} saves no model")
