@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.0, 4.0)) -> Axes:
@@ -222,8 +223,13 @@ def pareto(
     for i, (label, point) in enumerate((marks or {}).items()):
         ax.plot(point[cost], 100 * point[value], "*", markersize=13, color=f"C{i + 1}", label=label)
     ax.set_xscale("log")
+    # Plain numbers at 1, 2 and 5 times each power of ten: a cost range of one or two decades otherwise gets
+    # overlapping "2×10^0"-style minor labels.
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel or cost.replace("_", " "))
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=9, loc="lower right")
     return ax

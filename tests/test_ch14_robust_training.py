@@ -1,4 +1,4 @@
-"""Chapter 13, "Robust and safe training": the notebook runs in smoke mode, its glued numbers are consistent, and
+"""Chapter 14, "Robust and safe training": the notebook runs in smoke mode, its glued numbers are consistent, and
 the checked cells (error messages, the bit-identical resume, the refused checkpoints) match the full run."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 from notebook_support import NOTEBOOKS, nbval_smoke, run_smoke
 
-NOTEBOOK = NOTEBOOKS / "13_robust_training.ipynb"
+NOTEBOOK = NOTEBOOKS / "14_robust_training.ipynb"
 
 
 def _finite(value: object) -> bool:

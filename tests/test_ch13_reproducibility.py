@@ -1,4 +1,4 @@
-"""Chapter 12, "Reproducibility: seeds, variance, and what KD does to it": the notebook runs in smoke mode (reading
+"""Chapter 13, "Reproducibility: seeds, variance, and what KD does to it": the notebook runs in smoke mode (reading
 the committed seed-variance results), its glued values are consistent, and the checked cells match the full run."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from notebook_support import NOTEBOOKS, nbval_smoke, run_smoke
 
-NOTEBOOK = NOTEBOOKS / "12_reproducibility.ipynb"
+NOTEBOOK = NOTEBOOKS / "13_reproducibility.ipynb"
 VERDICTS = {"std": ("less variable", "more variable", "no detectable difference"),
             "dis": ("fewer disagreements", "more disagreements", "no detectable difference")}
 
