@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
 from kdlib.checkpoint import atomic_write
 
@@ -49,16 +49,14 @@ def _table(models: list[dict[str, Any]]) -> str:
 
 
 def _figures(out: Path, models: list[dict[str, Any]]) -> list[str]:
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     written = []
     latency_key = HEADLINE if HEADLINE in models[0].get("latency", {}) else next(iter(models[0].get("latency", {})), None)
     axes = [("disk_bytes", "file size (bytes)", "accuracy_size.png")]
     if latency_key:
         axes.insert(0, (latency_key, f"CPU latency, {latency_key} (ms)", "accuracy_latency.png"))
     for key, xlabel, name in axes:
-        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+        fig = Figure(figsize=(6, 4), layout="constrained")  # no pyplot: saving must not change a notebook's backend
+        ax = fig.subplots()
         xs = [m["latency"][key]["median_ms"] if key != "disk_bytes" else m["disk_bytes"] for m in models]
         ys = [100 * m["test_accuracy"] for m in models]
         ax.plot(xs, ys, "o-", color="C0")
@@ -68,7 +66,6 @@ def _figures(out: Path, models: list[dict[str, Any]]) -> list[str]:
         ax.set(xlabel=xlabel, ylabel="test accuracy (%)")
         ax.grid(alpha=0.3, which="both")
         fig.savefig(out / name, dpi=100)
-        plt.close(fig)
         written.append(name)
     return written
 

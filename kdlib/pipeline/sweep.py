@@ -152,10 +152,10 @@ def sweep(
         rows.append({**combo, "folder": folder.name, **_final_row(report)})
         for model in report.get("models", []):
             if model["label"] == "teacher" or model["label"].startswith("student"):
-                references.setdefault(model["label"], []).append({**_costs(model), "run.seed": combo["run.seed"]})
+                references.setdefault(model["label"], {})[combo["run.seed"]] = _costs(model)  # one per seed
     keys = list(grid["axes"])
     points = summarize(rows, keys)
-    marks = {label: summarize(list({r["run.seed"]: r for r in found}.values()), [])[0] for label, found in references.items()}
+    marks = {label: summarize(list(by_seed.values()), [])[0] for label, by_seed in references.items()}
     cost_keys = [k for k in points[0] if k.startswith("latency_") or k == "disk_bytes"]
     result = {"grid": grid, "runs": rows, "points": points, "references": marks,
               "fronts": {k: pareto_front(points, cost=k) for k in cost_keys}}
@@ -166,16 +166,12 @@ def sweep(
 
 
 def _plots(out: Path, result: Mapping[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: saving must not change the backend of a notebook
 
     from kdlib.plot import pareto
 
     for key, front in result["fronts"].items():
-        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+        fig = Figure(figsize=(6, 4), layout="constrained")
         label = "file size (bytes)" if key == "disk_bytes" else f"CPU latency, {key.removeprefix('latency_')} (ms)"
-        pareto(result["points"], front, cost=key, marks=result["references"], xlabel=label, ax=ax)
+        pareto(result["points"], front, cost=key, marks=result["references"], xlabel=label, ax=fig.subplots())
         fig.savefig(out / f"pareto_{key}.png", dpi=100)
-        plt.close(fig)
