@@ -59,7 +59,8 @@ class Context:
     device: torch.device
     train: kdata.Dataset
     test: kdata.Dataset
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = field(default_factory=lambda: print)  # not a class attribute: autodoc would
+    # document the built-in print as a member of Context
     teacher: nn.Module | None = None
     cache: dict[str, Any] = field(default_factory=dict)
 
