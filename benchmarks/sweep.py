@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 from pathlib import Path
 
 import torch
 
-from kdlib.profile import cpu_name
+from kdlib.profile import cpu_name, quartiles  # noqa: F401  (quartiles: re-exported for the benchmarks)
 
 
 class RunLog:
@@ -58,7 +57,3 @@ def machine(workers: int) -> dict:
                 torch=torch.__version__)
 
 
-def quartiles(times: list[float]) -> dict:
-    """Median, interquartile range and quartiles of latency samples in milliseconds."""
-    q1, med, q3 = statistics.quantiles(times, n=4)
-    return {"median_ms": med, "iqr_ms": q3 - q1, "q1_ms": q1, "q3_ms": q3}

@@ -21,6 +21,7 @@ tensors and plain lists, so a checkpoint holding them still loads with ``weights
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import random
@@ -46,6 +47,7 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "sidecar_path",
+    "write_json",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -126,6 +128,12 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+
+
+def write_json(path: PathLike, value: Any) -> None:
+    """Write ``value`` as indented JSON (anything else as its ``str``) with :func:`atomic_write`."""
+    text = json.dumps(value, indent=2, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.device, torch.dtype, torch.Size)

@@ -12,7 +12,7 @@ import io
 import platform
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,6 +103,12 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
     return counter.get_total_flops() // example.shape[0]
 
 
+def quartiles(samples: Sequence[float]) -> dict[str, float]:
+    """Median, interquartile range and quartiles of latency samples, in milliseconds (one sample: all equal)."""
+    q1, median, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else (samples[0],) * 3
+    return {"median_ms": median, "iqr_ms": q3 - q1, "q1_ms": q1, "q3_ms": q3}
+
+
 def measure_latency(
     model: nn.Module,
     example: torch.Tensor,
@@ -139,8 +145,8 @@ def measure_latency(
     finally:
         model.train(was_training)
         torch.set_num_threads(previous_threads)
-    q1, _, q3 = statistics.quantiles(times, n=4)
-    return statistics.median(times), q3 - q1
+    stats = quartiles(times)
+    return stats["median_ms"], stats["iqr_ms"]
 
 
 def latency_side_by_side(

@@ -3,7 +3,6 @@ result was produced (:func:`run_record`), and repeat a run over seeds (:func:`ru
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -234,13 +233,12 @@ def save_run_record(path: str | os.PathLike[str], record: dict[str, Any]) -> Pat
     Readers see the old file or the complete new one, never half of it (:func:`kdlib.checkpoint.atomic_write`).
     Put it beside the result it describes, e.g. ``results/kd_seed0.json`` next to ``results/kd_seed0.pt``.
     """
-    from kdlib.checkpoint import atomic_write
+    from kdlib.checkpoint import write_json
 
     if not isinstance(record, dict):
         raise TypeError(f"record must be a dict (see run_record), got {type(record).__name__}")
-    text = json.dumps(_jsonable(record), indent=2, sort_keys=False) + "\n"
     target = Path(path)
-    atomic_write(target, lambda f: f.write(text.encode("utf-8")))
+    write_json(target, _jsonable(record))
     return target
 
 

@@ -10,7 +10,6 @@ the same number of threads.
 from __future__ import annotations
 
 import copy
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,8 @@ import torch
 from torch import nn
 
 from kdlib import quantize as Q
-from kdlib.profile import count_parameters, latency_side_by_side
+from kdlib.profile import count_parameters, latency_side_by_side, quartiles
 from kdlib.train import evaluate
-
-
-def quartiles(samples: list[float]) -> dict[str, float]:
-    """Median and interquartile range of latency samples, in milliseconds."""
-    q1, median, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else (samples[0],) * 3
-    return {"median_ms": median, "iqr_ms": q3 - q1}
 
 
 def score(model: nn.Module, train: Any, test: Any) -> dict[str, float]:

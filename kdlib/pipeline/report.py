@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from kdlib.checkpoint import atomic_write
+from kdlib.checkpoint import atomic_write, write_json
 
 #: The comparison the summary headlines: one thread, a batch of 64.
 HEADLINE = "t1_b64"
@@ -94,6 +93,5 @@ def write_report(out: Path, recipe: dict[str, Any], records: list[tuple[str, dic
         lines += [""] + [f"![{name}]({name})" for name in _figures(out, models)]
     text = "\n".join(lines) + "\n"
     atomic_write(out / "report.md", lambda f: f.write(text.encode()))
-    payload = json.dumps(report, indent=2, default=str) + "\n"
-    atomic_write(out / "report.json", lambda f: f.write(payload.encode()))
+    write_json(out / "report.json", report)
     return report

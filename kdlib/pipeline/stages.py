@@ -116,35 +116,31 @@ def save_model(path: Path, model: nn.Module) -> None:
                                                                     model.state_dict().items()}})
 
 
-def load_stage_model(ctx: Context, kind: str, folder: Path) -> nn.Module:
-    """The model a finished stage saved in ``folder``, loaded without re-running the stage."""
-    num_classes = ctx.train.num_classes
-    if kind == "teacher":
-        return load_weights(build_model(ctx.recipe["teacher"], num_classes, 0), folder / "model.pt").to(ctx.device)
-    if kind == "distill":
-        return load_weights(build_model(ctx.recipe["student"], num_classes, 0), folder / "model.pt").to(ctx.device)
-    if kind == "prune":
-        fresh = build_model(ctx.recipe["student"], num_classes, 0).to(ctx.device)
-        return load_pruned(folder / "pruned.pt", fresh, map_location=ctx.device)
-    if kind == "quantize":
-        if (folder / "model_int8.onnx").is_file():
-            return Q.OnnxModel(folder / "model_int8.onnx")
-        from torchao.quantization.pt2e import allow_exported_model_train_eval
-
-        # An exported program refuses .eval() unless told that train/eval need not change its graph.
-        return allow_exported_model_train_eval(torch.export.load(str(folder / "model_int8.pt2")).module())
-    if kind == "export":
-        return Q.OnnxModel(folder / "model.onnx")
-    raise ValueError(f"stage {kind!r} saves no model")
-
-
 def artifact(kind: str, folder: Path) -> Path:
     """The file holding the model of a finished stage (its size is the model's size on disk)."""
     names = {"teacher": "model.pt", "distill": "model.pt", "prune": "pruned.pt", "export": "model.onnx"}
     if kind == "quantize":
         onnx = folder / "model_int8.onnx"
         return onnx if onnx.is_file() else folder / "model_int8.pt2"
+    if kind not in names:
+        raise ValueError(f"stage {kind!r} saves no model")
     return folder / names[kind]
+
+
+def load_stage_model(ctx: Context, kind: str, folder: Path) -> nn.Module:
+    """The model a finished stage saved in ``folder`` (its :func:`artifact`), loaded without re-running the stage."""
+    path = artifact(kind, folder)
+    if path.suffix == ".onnx":
+        return Q.OnnxModel(path)
+    if path.suffix == ".pt2":
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+        # An exported program refuses .eval() unless told that train/eval need not change its graph.
+        return allow_exported_model_train_eval(torch.export.load(str(path)).module())
+    fresh = build_model(ctx.recipe["teacher" if kind == "teacher" else "student"], ctx.train.num_classes, 0)
+    if kind == "prune":
+        return load_pruned(path, fresh.to(ctx.device), map_location=ctx.device)
+    return load_weights(fresh, path).to(ctx.device)
 
 
 def _fit_settings(ctx: Context, spec: dict[str, Any], work: Path, desc: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdlib.checkpoint import atomic_write
+from kdlib.checkpoint import write_json
 from kdlib.pipeline.recipe import RecipeError, check_recipe, read_toml, set_value
 
 
@@ -159,8 +159,7 @@ def sweep(
     cost_keys = [k for k in points[0] if k.startswith("latency_") or k == "disk_bytes"]
     result = {"grid": grid, "runs": rows, "points": points, "references": marks,
               "fronts": {k: pareto_front(points, cost=k) for k in cost_keys}}
-    text = json.dumps(result, indent=2, default=str) + "\n"
-    atomic_write(out / "sweep.json", lambda f: f.write(text.encode()))
+    write_json(out / "sweep.json", result)
     _plots(out, result)
     return result
 
