@@ -191,3 +191,20 @@ def test_distill_throughput_smoke(tmp_path):
         rows = pair["methods"]
         assert rows["student"]["status"] == "ok" and rows["student"]["time_ratio"] == 1.0
         assert all(row["status"] == "n/a" or row["samples_per_second"] > 0 for row in rows.values())
+
+
+def test_train_speed_smoke(tmp_path):
+    out = tmp_path / "train_speed.json"
+    run_script("benchmarks/train_speed.py", "--smoke", "--fit-kw", "no_such_option=True", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["settings"]["smoke"] is True and result["settings"]["train_samples"] == 512
+    assert result["machine"]["threads"] == 1 and result["machine"]["torch"]
+    assert "no_such_option" in result["fit_kw_rejected"] and result["settings"]["fit_kw"] == {}
+    for section, ref in (("cpu_fit", "minimal"), ("cpu_distill", "hand_kd")):
+        sec = result[section]
+        assert sec["steps_per_epoch"] == 4 and ref in sec["seconds"] and len(sec["seconds"]) == 2
+        assert sec["ratio_train_seconds"]["median"] > 0 and sec["ratio_wall_minus_eval"]["median"] > 0
+    assert result["cpu_fit"]["seconds"]["kdlib"]["eval"] > 0  # evaluation was timed and taken out
+    assert isinstance(result["cpu_fit"]["goal_met"], bool)
+    gpu = result["gpu"]
+    assert gpu["ran"] is False or {"vs_peer", "bf16"} <= set(gpu)
