@@ -55,7 +55,7 @@ class Fidelity:
 
     def __init__(self, teacher: nn.Module, inputs: Mapping[str, torch.Tensor], *, batch_size: int = 1024) -> None:
         if not inputs:
-            raise ValueError("Fidelity needs at least one named input set, e.g. {'test': data.test.x}")
+            raise ValueError("Fidelity needs at least one named input set, e.g. {'test': data.test.inputs}")
         self.inputs = dict(inputs)
         self.batch_size = batch_size
         self.teacher_logits = {name: predict(teacher, x, batch_size=batch_size) for name, x in self.inputs.items()}
@@ -78,4 +78,5 @@ def fidelity_monitor(teacher: nn.Module, data: Dataset, *, samples: int = DEFAUL
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
-    return Fidelity(teacher, {"train": data.train.x[:samples], "test": data.test.x[:samples]})
+    inputs = {name: split.take(slice(0, samples)) for name, split in (("train", data.train), ("test", data.test))}
+    return Fidelity(teacher, inputs)

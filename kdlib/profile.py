@@ -221,7 +221,8 @@ def profile(
     if device is not None:
         model.to(resolve(device))
     split = data.test if isinstance(data, Dataset) else data if isinstance(data, Split) else None
-    inputs = split.x if split is not None else data
+    # Only the first batch_size inputs are used below, so a uint8 split normalizes no more than those.
+    inputs = split.take(slice(0, batch_size)) if split is not None else data
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"data must be a Dataset, Split or tensor, got {type(data).__name__}")
     if inputs.shape[0] == 0:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from kdlib.data import UNLABELED, Dataset, Split
+from kdlib.data import UNLABELED, Dataset
 from kdlib.repro import holm, paired_test
 
 if TYPE_CHECKING:
@@ -82,8 +82,9 @@ def holdout(data: Dataset, size: int | float = 0.1, *, seed: int = 0) -> Dataset
     return replace(
         data,
         name=f"{data.name} (validation)",
-        train=Split(data.train.x[train_index], data.train.y[train_index]),
-        test=Split(data.train.x[val_index], data.train.y[val_index]),
+        # replace() keeps the split's storage (uint8 pixels keep their mean/std)
+        train=replace(data.train, x=data.train.x[train_index], y=data.train.y[train_index]),
+        test=replace(data.train, x=data.train.x[val_index], y=data.train.y[val_index]),
     )
 
 

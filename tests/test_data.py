@@ -12,13 +12,22 @@ import random
 import socket
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
 import kdlib.data as D
-from kdlib.data import Batch, DatasetFormatError, RandomCropFlip, Split, batches, random_crop_flip
+import kdlib.data.files
+from kdlib.data import (
+    Batch,
+    DatasetFormatError,
+    RandomCropFlip,
+    Split,
+    batches,
+    random_crop_flip,
+)
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_STEMS = {
@@ -50,7 +59,7 @@ def isolated_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No $KDLIB_DATA, an empty user cache and an empty Debian folder, all under tmp_path."""
     monkeypatch.delenv("KDLIB_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(D, "DEBIAN_DATASETS", tmp_path / "debian")
+    monkeypatch.setattr(kdlib.data.files, "DEBIAN_DATASETS", tmp_path / "debian")
 
 
 # ---------------------------------------------------------------------------------- writers of real formats
@@ -87,7 +96,7 @@ class Python2Pickler(pickle._Pickler):  # type: ignore[name-defined]
     """Writes every str and bytes the way Python 2 wrote its ``str`` (the real CIFAR files are Python 2
     pickles): as (SHORT_)BINSTRING, which Python 3 reads back as ``bytes`` under ``encoding="bytes"``."""
 
-    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
 
     def save_py2_str(self, obj: str | bytes) -> None:
         data = obj.encode("latin1") if isinstance(obj, str) else obj
@@ -227,7 +236,6 @@ def test_search_order_root_then_env_then_cache_then_debian(tmp_path: Path, monke
         return len(D.fashion_mnist(device="cpu", **kwargs).train)
 
     assert n_train(root=tmp_path / "root") == 5
-    assert n_train(root=str(tmp_path / "empty")) == 6  # a root without the files falls through to the next place
     assert n_train() == 6
     monkeypatch.delenv("KDLIB_DATA")
     assert n_train() == 7
@@ -249,11 +257,14 @@ def test_cache_defaults_to_home_dot_cache(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(D.mnist(device="cpu").train) == 4
 
 
-def test_missing_fashion_mnist_message_lists_places_and_remedies(tmp_path: Path) -> None:
+def test_missing_fashion_mnist_message_lists_places_and_remedies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     partial = tmp_path / "partial"
     write_idx(partial / IDX_STEMS["train_images"], np.zeros((2, 28, 28), np.uint8), gz=True)
+    monkeypatch.setenv("KDLIB_DATA", str(partial))
     with pytest.raises(FileNotFoundError) as info:
-        D.fashion_mnist(root=partial, device="cpu")
+        D.fashion_mnist(device="cpu")
     msg = str(info.value)
     assert "apt-get install dataset-fashion-mnist" in msg
     assert "download=True" in msg and "KDLIB_DATA" in msg
@@ -266,6 +277,79 @@ def test_missing_fashion_mnist_message_lists_places_and_remedies(tmp_path: Path)
         assert str(place) in msg
     assert "lacks train-labels-idx1-ubyte" in msg  # the incomplete folder says what it lacks
     assert msg.index(str(partial)) < msg.index(str(tmp_path / "cache")) < msg.index(str(tmp_path / "debian"))
+
+
+def write_any(name: str, folder: Path) -> None:
+    """A complete small copy of the named dataset in ``folder``."""
+    if name in ("fashion_mnist", "mnist"):
+        write_idx_set(folder)
+    elif name == "cifar10":
+        write_cifar10(folder / "cifar-10-batches-py")
+    else:
+        write_cifar100(folder / "cifar-100-python")
+
+
+FILE_DATASETS = ["fashion_mnist", "mnist", "cifar10", "cifar100"]
+DEFAULT_DIRS = {"fashion_mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10", "cifar100": "cifar-100"}
+
+
+@pytest.mark.parametrize("name", FILE_DATASETS)
+def test_root_that_does_not_exist_is_an_error_not_a_fallback(tmp_path: Path, name: str) -> None:
+    write_any(name, tmp_path / "cache" / "kdlib" / DEFAULT_DIRS[name])  # a copy the default search would find
+    assert len(D.load(name, device="cpu").train) > 0
+    typo = tmp_path / "typo"
+    with pytest.raises(FileNotFoundError) as info:
+        D.load(name, root=str(typo), device="cpu")
+    msg = str(info.value)
+    assert f"root='{typo}' does not exist" in msg
+    assert "existing folder" in msg and "omit root=" in msg and "download=True" in msg
+    assert not typo.exists()  # nothing was created
+
+
+@pytest.mark.parametrize("name", FILE_DATASETS)
+def test_root_without_a_complete_copy_names_what_is_missing(tmp_path: Path, name: str) -> None:
+    write_any(name, tmp_path / "cache" / "kdlib" / DEFAULT_DIRS[name])
+    root = tmp_path / "mine"
+    write_any(name, root)
+    victim = root / {
+        "fashion_mnist": "t10k-labels-idx1-ubyte.gz",
+        "mnist": "t10k-labels-idx1-ubyte.gz",
+        "cifar10": "cifar-10-batches-py/test_batch",
+        "cifar100": "cifar-100-python/test",
+    }[name]
+    victim.unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        D.load(name, root=root, device="cpu")
+    msg = str(info.value)
+    assert f"not found in root='{root}'" in msg and "omit root=" in msg and "download=True" in msg
+    assert f"lacks {victim.name.removesuffix('.gz')}" in msg
+    assert str(tmp_path / "cache") in msg  # the default places are named, but not searched
+
+
+def test_root_that_is_a_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(FileNotFoundError, match="is a file, not a folder"):
+        D.mnist(root=tmp_path / "file", device="cpu")
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["empty_root", "new_root"])
+def test_download_goes_into_the_given_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool) -> None:
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeMNIST:
+        def __init__(self, root: str, train: bool = True, download: bool = False) -> None:
+            calls.append(Path(root))
+            write_idx_set(Path(root) / "MNIST" / "raw", n_train=11)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    write_idx_set(tmp_path / "cache" / "kdlib" / "mnist", n_train=4)  # ignored: root was given
+    root = tmp_path / "dl"
+    if exists:
+        root.mkdir()
+    assert len(D.mnist(root=root, device="cpu", download=True).train) == 11
+    assert calls == [root]
 
 
 def test_missing_mnist_message_has_no_debian_package(tmp_path: Path) -> None:
@@ -543,11 +627,173 @@ def test_split_validation() -> None:
     with pytest.raises(ValueError, match=r"y must be \(N,\)"):
         Split(torch.zeros(3, 2), torch.zeros(3, 1, dtype=torch.int64))
     with pytest.raises(TypeError, match="floating-point"):
+        Split(torch.zeros(3, 2, dtype=torch.int32), torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="uint8 inputs need mean and std"):
         Split(torch.zeros(3, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="n must be >= 1"):
         tiny_split().subset(0)
     sub = tiny_split(10).subset(4, seed=3)
     assert len(sub) == 4 and torch.equal(sub.x, tiny_split(10).subset(4, seed=3).x)
+
+
+# ------------------------------------------------------------------------------------------ uint8 storage
+
+
+def u8_split(n: int = 6, c: int = 3, mean: tuple = (0.5, 0.4, 0.3), std: tuple = (0.2, 0.25, 0.3)) -> Split:
+    x = torch.randint(0, 256, (n, c, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return Split(x, torch.arange(n) % 2, mean, std)
+
+
+def test_uint8_split_normalizes_per_channel_on_take() -> None:
+    split = u8_split()
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).reshape(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).reshape(1, 3, 1, 1)
+    expected = (split.x.float() / 255 - mean) / std
+    index = torch.tensor([4, 0, 2])
+    out = split.take(index)
+    assert out.dtype == torch.float32 and out.shape == (3, 3, 4, 4)
+    torch.testing.assert_close(out, expected[index], rtol=0, atol=1e-6)
+    torch.testing.assert_close(split.take(slice(1, 3)), expected[1:3], rtol=0, atol=1e-6)
+    torch.testing.assert_close(split.inputs, expected, rtol=0, atol=1e-6)
+    assert split.x.dtype == torch.uint8  # x stays the stored tensor
+    one = Split(split.x, split.y, [0.5], [0.2])  # one value for every channel; lists become tuples of floats
+    assert one.mean == (0.5,) and one.std == (0.2,)
+    torch.testing.assert_close(one.inputs, (split.x.float() / 255 - 0.5) / 0.2, rtol=0, atol=1e-6)
+
+
+def test_float_split_take_and_inputs_are_plain_indexing() -> None:
+    split = tiny_split(10)
+    assert split.inputs is split.x and split.mean is None and split.std is None
+    index = torch.tensor([3, 1])
+    assert torch.equal(split.take(index), split.x[index])
+    view = split.take(slice(2, 5))
+    assert view.data_ptr() == split.x[2:].data_ptr()  # a slice of a float split is a view, not a copy
+
+
+def test_uint8_split_errors() -> None:
+    x, y = torch.zeros(3, 3, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="need mean and std"):
+        Split(x, y, mean=(0.5,))
+    with pytest.raises(ValueError, match="mean has 1 values but std has 3"):
+        Split(x, y, (0.5,), (0.2, 0.2, 0.2))
+    with pytest.raises(ValueError, match=r"one per channel \(3\)"):
+        Split(x, y, (0.5, 0.5), (0.2, 0.2))
+    with pytest.raises(ValueError, match="std must be positive"):
+        Split(x, y, (0.5,), (0.0,))
+    with pytest.raises(TypeError, match="tuple of floats"):
+        Split(x, y, "0.5", (0.2,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="only for uint8 inputs"):
+        Split(x.float(), y, (0.5,), (0.2,))  # a float split with mean/std would be ambiguous
+
+
+def test_uint8_split_to_subset_and_batches_keep_mean_and_std() -> None:
+    split = u8_split(10)
+    moved = split.to("meta")
+    assert moved.device == torch.device("meta") and moved.x.dtype == torch.uint8
+    assert (moved.mean, moved.std) == (split.mean, split.std)
+    assert moved.take(torch.tensor([1, 2], device="meta")).shape == (2, 3, 4, 4)
+    sub = split.subset(4, seed=1)
+    assert (sub.mean, sub.std) == (split.mean, split.std) and sub.x.dtype == torch.uint8
+    out = list(batches(split, 4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    for b in out:
+        assert b.x.dtype == torch.float32 and torch.equal(b.x, split.take(b.index))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_uint8_split_on_cuda_matches_cpu() -> None:
+    split = u8_split(10)
+    cuda = split.to("cuda")
+    assert (cuda.mean, cuda.std) == (split.mean, split.std) and cuda.x.dtype == torch.uint8
+    torch.testing.assert_close(cuda.inputs.cpu(), split.inputs, rtol=0, atol=1e-6)
+
+
+def test_uint8_fashion_mnist_equals_float32(tmp_path: Path) -> None:
+    write_idx_set(tmp_path, n_train=40, n_test=10)
+    kw = {"root": tmp_path, "device": "cpu", "train_size": 30, "seed": 3}
+    f32, u8 = D.fashion_mnist(**kw), D.fashion_mnist(dtype="uint8", **kw)
+    assert f32.train.x.dtype == torch.float32 and f32.train.mean is None
+    assert u8.train.x.dtype == torch.uint8 and u8.test.x.dtype == torch.uint8
+    assert (u8.train.mean, u8.train.std) == (u8.mean, u8.std) == ((0.2860,), (0.3530,))
+    assert u8.input_shape == f32.input_shape == (1, 28, 28) and torch.equal(u8.train.y, f32.train.y)
+    # 1 byte per pixel, against 4 for float32
+    assert u8.train.x.untyped_storage().nbytes() == 30 * 28 * 28
+    assert f32.train.x.untyped_storage().nbytes() == 4 * 30 * 28 * 28
+    index = torch.tensor([5, 0, 29, 7])
+    torch.testing.assert_close(u8.train.take(index), f32.train.take(index), rtol=0, atol=1e-6)
+    torch.testing.assert_close(u8.test.inputs, f32.test.inputs, rtol=0, atol=1e-6)
+    assert torch.equal(u8.test.inputs, f32.test.inputs)  # the same operations: equal bit for bit
+    # batches, augmented, draw the same samples and crops and give the same normalized inputs
+    assert isinstance(D.fashion_mnist(dtype="uint8", augment=True, **kw).augment, RandomCropFlip)
+    aug = RandomCropFlip(2, True, fill=(-0.2860 / 0.3530,))
+    pairs = zip(
+        batches(f32.train, 8, shuffle=True, generator=torch.Generator().manual_seed(1), augment=aug),
+        batches(u8.train, 8, shuffle=True, generator=torch.Generator().manual_seed(1), augment=aug),
+        strict=True,
+    )
+    for a, b in pairs:
+        assert torch.equal(a.index, b.index) and torch.equal(a.y, b.y) and b.x.dtype == torch.float32
+        torch.testing.assert_close(b.x, a.x, rtol=0, atol=1e-6)
+
+
+def test_uint8_cifar10_equals_float32_per_channel(tmp_path: Path) -> None:
+    written = write_cifar10(tmp_path / "cifar-10-batches-py", n=3)
+    f32, u8 = D.cifar10(root=tmp_path, device="cpu"), D.cifar10(root=tmp_path, device="cpu", dtype=torch.uint8)
+    raw = written["test_batch"][b"data"].reshape(-1, 3, 32, 32)
+    assert torch.equal(u8.test.x, torch.from_numpy(raw))  # the raw pixels, untouched
+    assert u8.train.mean == D.NORMALIZATION["cifar10"][0]
+    torch.testing.assert_close(u8.train.inputs, f32.train.inputs, rtol=0, atol=1e-6)
+    assert torch.equal(u8.train.inputs, f32.train.inputs)
+    torch.testing.assert_close(u8.test.inputs, normalized(raw, "cifar10"))
+
+
+def test_dtype_option_errors(tmp_path: Path) -> None:
+    write_idx_set(tmp_path)
+    with pytest.raises(ValueError, match="dtype must be 'float32'.*or 'uint8'"):
+        D.mnist(root=tmp_path, device="cpu", dtype="float16")
+    with pytest.raises(TypeError, match="dtype"):
+        D.digits(dtype="uint8")  # type: ignore[call-arg]  # digits are 0..16, not 8-bit pixels
+
+
+def test_with_unlabeled_on_uint8_data_takes_uint8_pixels(tmp_path: Path) -> None:
+    write_idx_set(tmp_path, n_train=12)
+    data = D.fashion_mnist(root=tmp_path, device="cpu", dtype="uint8")
+    extra = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    out = D.with_unlabeled(data, extra)
+    assert len(out.train) == 17 and out.train.x.dtype == torch.uint8
+    assert (out.train.mean, out.train.std) == (data.train.mean, data.train.std)
+    assert out.train.y[12:].tolist() == [D.UNLABELED] * 5
+    torch.testing.assert_close(out.train.take(torch.arange(12, 17)), (extra.float() / 255 - 0.2860) / 0.3530)
+    with pytest.raises(TypeError, match="must be uint8 pixels too"):
+        D.with_unlabeled(data, data.train.inputs[:2])
+    with pytest.raises(TypeError, match="floating-point"):
+        D.with_unlabeled(D.fashion_mnist(root=tmp_path, device="cpu"), extra)
+
+
+def test_library_readers_of_inputs_treat_uint8_like_float32() -> None:
+    # (kdlib.train.predict/evaluate and the training loop are updated separately.)
+    from kdlib.fidelity import fidelity_monitor
+    from kdlib.protocol import holdout
+    from kdlib.prune.batchnorm import recalibrate_batchnorm
+    from kdlib.quantize.fake import calibration_batches
+
+    train, test = u8_split(40), u8_split(12)
+    u8 = D.Dataset("u8", train, test, 2, mean=train.mean, std=train.std)
+    f32 = D.Dataset("f32", Split(train.inputs, train.y), Split(test.inputs, test.y), 2)
+    for a, b in zip(calibration_batches(u8, 2, 16), calibration_batches(f32, 2, 16), strict=True):
+        assert torch.equal(a, b)
+    val = holdout(u8, 8)
+    assert val.train.x.dtype == torch.uint8 and (val.test.mean, val.test.std) == (train.mean, train.std)
+    assert torch.equal(val.test.inputs, holdout(f32, 8).test.inputs)
+
+    def bn_model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+
+    a, b = (recalibrate_batchnorm(bn_model(), data, batches=2, batch_size=8) for data in (u8, f32))
+    assert torch.equal(a[1].running_mean, b[1].running_mean) and torch.equal(a[1].running_var, b[1].running_var)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    monitors = [fidelity_monitor(teacher, data, samples=5).inputs for data in (u8, f32)]
+    assert monitors[0].keys() == monitors[1].keys()
+    assert all(torch.equal(monitors[0][k], monitors[1][k]) for k in monitors[0])
 
 
 # --------------------------------------------------------------------------------------------- augmentation
@@ -641,7 +887,7 @@ def test_load_dispatches_and_lists_names(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not REAL_FASHION_MNIST.is_dir(), reason="needs apt-get install dataset-fashion-mnist")
 def test_real_fashion_mnist_from_debian_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(D, "DEBIAN_DATASETS", REAL_FASHION_MNIST.parent)
+    monkeypatch.setattr(kdlib.data.files, "DEBIAN_DATASETS", REAL_FASHION_MNIST.parent)
     ds = D.fashion_mnist(device="cpu")
     assert (len(ds.train), len(ds.test)) == (60000, 10000)
     assert ds.input_shape == (1, 28, 28)

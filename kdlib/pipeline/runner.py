@@ -185,7 +185,7 @@ def _evaluate(ctx: stages.Context, out: Path, step: Step, done: list[tuple[Step,
         rows.append(row)
     spec = step.spec
     ctx.log(f"[{step.name}] timing {len(loaded)} models at batch sizes {spec['batch_sizes']}, threads {spec['threads']}")
-    times = measure.latency(loaded, engines, ctx.test.test.x[:max(spec["batch_sizes"])],
+    times = measure.latency(loaded, engines, ctx.test.test.take(slice(0, max(spec["batch_sizes"]))),
                             batch_sizes=spec["batch_sizes"], threads=spec["threads"], repeats=spec["repeats"])
     for row in rows:
         row["latency"] = times[row["label"]]

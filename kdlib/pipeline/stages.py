@@ -67,12 +67,12 @@ class Context:
     @property
     def example(self) -> torch.Tensor:
         """A batch of 64 training inputs: traces models for pruning and export."""
-        return self.train.train.x[:64]
+        return self.train.train.take(slice(0, 64))
 
     @property
     def probe(self) -> torch.Tensor:
         """Validation inputs for parity checks between a model and its exported file."""
-        return self.train.test.x[:PROBE_SIZE]
+        return self.train.test.take(slice(0, PROBE_SIZE))
 
     def seed(self) -> int:
         return self.recipe["run"]["seed"]
@@ -176,7 +176,7 @@ def _fine_tune(ctx: Context, spec: dict[str, Any], model: nn.Module, previous: n
 
 
 def prune_stage(ctx: Context, spec: dict[str, Any], model: nn.Module, work: Path) -> nn.Module:
-    labeled = (ctx.train.train.x[:256], ctx.train.train.y[:256]) if spec["importance"] == "taylor" else None
+    labeled = (ctx.train.train.take(slice(0, 256)), ctx.train.train.y[:256]) if spec["importance"] == "taylor" else None
     result = prune_channels(model, ctx.example, spec["ratio"], spec["importance"], round_to=spec["round_to"],
                             data=labeled)
     _fine_tune(ctx, spec, result.model, copy.deepcopy(model), work, f"prune {spec['ratio']:.0%} + fine-tune")

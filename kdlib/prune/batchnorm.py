@@ -28,12 +28,13 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-def _inputs(data: Dataset | Split | torch.Tensor | tuple) -> torch.Tensor:
-    """The input tensor of ``data``: a Dataset's training split, a Split, an ``(x, y)`` tuple or ``x`` itself."""
+def _inputs(data: Dataset | Split | torch.Tensor | tuple) -> Split | torch.Tensor:
+    """The inputs of ``data``: a Dataset's training split, a Split, or the tensor of an ``(x, y)`` tuple or ``x``
+    itself (a Split is kept as it is, so that batches are read with :meth:`~kdlib.data.Split.take`)."""
     if isinstance(data, Dataset):
         data = data.train
     if isinstance(data, Split):
-        return data.x
+        return data
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         return data[0]
     if isinstance(data, torch.Tensor):
@@ -103,7 +104,7 @@ def recalibrate_batchnorm(
             f"{type(model).__name__} has no BatchNorm layer with running statistics: nothing to recalibrate"
         )
     x = _inputs(data)
-    if x.ndim == 0 or len(x) == 0:
+    if (isinstance(x, torch.Tensor) and x.ndim == 0) or len(x) == 0:
         raise ValueError("data is empty: BatchNorm statistics need at least one input")
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -112,6 +113,7 @@ def recalibrate_batchnorm(
     n = min(batches, len(x) // batch_size) * batch_size or len(x)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=generator)[:n].to(x.device)
+    take = x.take if isinstance(x, Split) else x.__getitem__
 
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in layers}
@@ -123,7 +125,7 @@ def recalibrate_batchnorm(
             m.train()
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                model(x[order[start : start + batch_size]].to(device))
+                model(take(order[start : start + batch_size]).to(device))
     finally:
         for m in layers:
             m.momentum = momenta[m]

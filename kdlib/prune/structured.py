@@ -129,7 +129,7 @@ def _as_batch(data: Split | Dataset | tuple[torch.Tensor, torch.Tensor]) -> tupl
     if isinstance(data, Dataset):
         data = data.train
     if isinstance(data, Split):
-        return data.x, data.y
+        return data.inputs, data.y
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return data[0], data[1]
     raise TypeError(f"data must be a kdlib Split/Dataset or an (x, y) tuple of tensors, got {type(data).__name__}")

@@ -272,12 +272,13 @@ def calibration_batches(data: Split | Dataset | torch.Tensor, batches: int, batc
     the test set would leak it), or one clear error when there is nothing to calibrate on."""
     if isinstance(data, Dataset):
         data = data.train
-    x = data.x if isinstance(data, Split) else data
-    if x.shape[0] == 0 or batches < 1 or batch_size < 1:
+    n = len(data)
+    if n == 0 or batches < 1 or batch_size < 1:
         raise ValueError(
-            f"calibration needs at least one example, batch and batch size, got {x.shape[0]}, {batches} and {batch_size}"
+            f"calibration needs at least one example, batch and batch size, got {n}, {batches} and {batch_size}"
         )
-    return [x[i : i + batch_size] for i in range(0, min(x.shape[0], batches * batch_size), batch_size)]
+    take = data.take if isinstance(data, Split) else data.__getitem__
+    return [take(slice(i, i + batch_size)) for i in range(0, min(n, batches * batch_size), batch_size)]
 
 
 def calibrate(
