@@ -78,7 +78,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None = None) -> tup
         raise ValueError(f"layers are listed more than once: {', '.join(repeated)}")
     for name in layers:
         module_name = _module_name(name)
-        if module_name not in modules:
+        if _submodule_name(modules, name) is None:
             close = difflib.get_close_matches(module_name, [n for n in modules if n], n=5)
             hint = f"close matches: {', '.join(close)}" if close else f"some submodules: {_sample_names(modules)}"
             raise ValueError(f"{type(model).__name__} has no submodule {module_name!r}; {hint}")
@@ -91,6 +91,19 @@ INPUT_SUFFIX = ":input"
 def _module_name(layer: str) -> str:
     """The submodule a layer name refers to: ``"fc:input"`` → ``"fc"``."""
     return layer[: -len(INPUT_SUFFIX)] if layer.endswith(INPUT_SUFFIX) else layer
+
+
+DDP_PREFIX = "module."
+
+
+def _submodule_name(modules: dict[str, nn.Module], layer: str) -> str | None:
+    """The key of ``modules`` that ``layer`` names, with or without DistributedDataParallel's ``module.`` prefix
+    (so that names copied from a wrapped model work on the plain one and the other way round); ``None`` if none."""
+    name = _module_name(layer)
+    for candidate in (name, name.removeprefix(DDP_PREFIX), DDP_PREFIX + name):
+        if candidate in modules:
+            return candidate
+    return None
 
 
 def _sample_names(modules: dict[str, nn.Module], limit: int = 12) -> str:
@@ -135,7 +148,7 @@ class FeatureRecorder:
         modules = dict(model.named_modules())
         self._handles: list[RemovableHandle] = []
         for name in self.layers:
-            module = modules[_module_name(name)]
+            module = modules[_submodule_name(modules, name)]
             if name.endswith(INPUT_SUFFIX):
                 self._handles.append(module.register_forward_pre_hook(self._input_hook(name)))
             else:

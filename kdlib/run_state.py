@@ -1,7 +1,7 @@
 """The resumable state of a :func:`kdlib.train.fit` run: what a checkpoint holds and how it is restored.
 
 A step changes the model, optimizer, LR schedule, gradient scaler and loss-term modules (:class:`_Parts`), the
-batch stream's position (:class:`_BatchStream`), and the loop's own bookkeeping (:class:`_Loop`, :class:`_Running`).
+batch stream's position (:class:`kdlib.sources.TensorStream` or :class:`~kdlib.sources.LoaderStream`), and the loop's own bookkeeping (:class:`_Loop`, :class:`_Running`).
 Saving all of them, plus every RNG (:func:`kdlib.checkpoint.capture_rng_state`), is what makes a resumed run
 bit-identical to an uninterrupted one. :func:`_fingerprint` records what must not change between the two.
 """
@@ -9,7 +9,6 @@ bit-identical to an uninterrupted one. :func:`_fingerprint` records what must no
 from __future__ import annotations
 
 import hashlib
-import math
 import numbers
 import os
 import re
@@ -21,10 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlib.checkpoint import CheckpointError
-from kdlib.data import UNLABELED, Augment, Batch, Dataset, Split
+from kdlib import distributed
+from kdlib.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from kdlib.data import UNLABELED
 
-CHECKPOINT_FORMAT = "kdlib.fit/1"
+CHECKPOINT_FORMAT = "kdlib.fit/2"
 
 class ResumeMismatchError(CheckpointError):
     """``fit(..., resume=True)`` found a checkpoint written by a run with other settings, model, data or terms."""
@@ -62,29 +68,37 @@ def _stable_repr(obj: object) -> str | None:
     return _ADDRESS.sub("", repr(obj))
 
 
-def _digest(*tensors: torch.Tensor) -> str:
+def weights_digest(model: nn.Module, samples: int = 64) -> str:
+    """A cheap fingerprint of a model's weights: each tensor's name, shape, sum and ``samples`` evenly spaced
+    entries. Two different trainings (or a random model and a trained one) differ in it; hashing every byte of a
+    large teacher at every call would cost seconds."""
     h = hashlib.sha256()
-    for t in tensors:
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        if flat.numel():
+            pick = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel()), device=flat.device).long()
+            h.update(repr(flat[pick].double().tolist()).encode())
+            h.update(repr(float(flat.double().sum())).encode())
     return h.hexdigest()[:16]
 
 
-def _fingerprint(model: nn.Module, data: Dataset, loss_terms: Sequence[Any], **settings: Any) -> dict[str, Any]:
+def _fingerprint(model: nn.Module, source: Any, loss_terms: Sequence[Any], frozen: Sequence[nn.Module],
+                 **settings: Any) -> dict[str, Any]:
     """What must be equal for a checkpoint to continue a run: every setting of the trajectory, the model's
-    architecture (its repr and tensor shapes), the data (sizes and a hash of its contents) and the loss terms.
-    Excluded on purpose: ``device``, ``progress``, ``desc`` and ``checkpoint_every``."""
+    architecture (its repr and tensor shapes), the data (sizes and a sample of its contents), the loss terms and
+    the weights of the frozen models they read (the teacher). Excluded on purpose: ``device``, ``progress``,
+    ``desc`` and ``checkpoint_every``."""
     shapes = ";".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items())
-    train, test = data.train, data.test
+    augment = getattr(getattr(source, "data", None), "augment", None)
     return {
         **{k: _plain(v) for k, v in settings.items()},
         "model": f"{type(model).__name__} with {sum(p.numel() for p in model.parameters())} parameters",
         "model_architecture": hashlib.sha256((_stable_repr(model) + shapes).encode()).hexdigest()[:16],
-        "data": f"{data.name}: {len(train)} train / {len(test)} test samples of shape {data.input_shape}, "
-        f"{data.num_classes} classes",
-        "data_contents": _digest(train.x, train.y, test.x, test.y),
-        "augment": _stable_repr(data.augment),
+        **source.fingerprint(),
+        "augment": _stable_repr(augment),
         "loss_terms": [f"{t.name} (weight {t.weight!r}): {_stable_repr(t)}" for t in loss_terms],
+        "frozen_models": [f"{type(m).__name__}: {weights_digest(m)}" for m in frozen],
     }
 
 
@@ -180,113 +194,101 @@ class _Parts:
         self.load_state_dict(_clone(snapshot))
 
 
-class _BatchStream:
-    """Shuffled training batches, epoch after epoch, that can be saved and resumed in the middle of an epoch.
-
-    Draws exactly what ``kdlib.data.batches(split, batch_size, shuffle=True, generator=g, augment=a)`` draws
-    epoch after epoch: a permutation from ``g`` when an epoch starts, then per batch whatever ``augment`` draws
-    from ``g``. Its state is the generator's state, the current epoch's permutation and the position in it.
-    """
-
-    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, augment: Augment | None) -> None:
-        self.split, self.batch_size, self.generator, self.augment = split, batch_size, generator, augment
-        self.order: torch.Tensor | None = None
-        self.pos = 0
-
-    def next(self) -> Batch:
-        n = len(self.split)
-        if self.order is None or self.pos >= n:
-            order = torch.randperm(n, generator=self.generator, device=self.generator.device)
-            self.order, self.pos = order.to(self.split.device), 0
-        index = self.order[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
-        x = self.split.x[index]
-        if self.augment is not None:
-            x = self.augment(x, self.generator)
-        return Batch(x, self.split.y[index], index)
-
-    def state_dict(self) -> dict[str, Any]:
-        order = None if self.order is None else self.order.cpu()
-        return {"generator": self.generator.get_state(), "order": order, "pos": int(self.pos)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.order = None if state["order"] is None else state["order"].to(self.split.device)
-        self.pos = int(state["pos"])
-
-
 @dataclass
 class _Loop:
-    """The loop's own bookkeeping: running averages, history, time, and the rollback counters."""
+    """The loop's own bookkeeping: running averages, history and time."""
 
     running: _Running
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
-    skipped: list[int] = field(default_factory=list)
-    consecutive: int = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "running": self.running.state_dict(),
-            "history": [dict(r) for r in self.history],
-            "train_seconds": self.train_seconds,
-            "skipped_steps": list(self.skipped),
-            "consecutive_rollbacks": self.consecutive,
-        }
+        return {"running": self.running.state_dict(), "history": [dict(r) for r in self.history],
+                "train_seconds": self.train_seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.running.load_state_dict(state["running"])
         self.history = [dict(r) for r in state["history"]]
         self.train_seconds = float(state["train_seconds"])
-        self.skipped = [int(s) for s in state["skipped_steps"]]
-        self.consecutive = int(state["consecutive_rollbacks"])
 
 
 class _Running:
-    """Running means of the loss, the accuracy, each term and the gradient norm since the last evaluation."""
+    """Running sums of the loss, the accuracy, each term and the gradient norm since the last evaluation.
 
-    def __init__(self, term_names: list[str]) -> None:
+    They stay on the training device and are read once per evaluation: reading a GPU value on the host every
+    step (``float(loss)``) would wait for the step's kernels and stall the queue.
+    """
+
+    # positions in the vector of sums; the loss terms follow
+    LOSS, CORRECT, SEEN, GRAD_TOTAL, GRAD_COUNT = range(5)
+
+    def __init__(self, term_names: list[str], device: torch.device) -> None:
         self.names = term_names
-        self.loss = 0.0
-        self.correct = 0.0
-        self.seen = 0
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.sums = torch.zeros(5 + len(term_names), dtype=dtype, device=device)
         self.batches = 0
-        self.terms = [0.0] * len(term_names)
-        self.grad_total = 0.0
-        self.grad_count = 0
 
-    def add_grad_norm(self, norm: torch.Tensor | float) -> None:
+    def add_grad_norm(self, norm: torch.Tensor) -> None:
         """Count an applied step's global gradient norm; a non-finite one (a step the fp16 scaler skips) is left out."""
-        value = float(norm)
-        if math.isfinite(value):
-            self.grad_total += value
-            self.grad_count += 1
+        finite = torch.isfinite(norm)
+        self.sums[self.GRAD_TOTAL] += torch.where(finite, norm, 0.0).to(self.sums.dtype)
+        self.sums[self.GRAD_COUNT] += finite.to(self.sums.dtype)
 
-    def add(self, loss: float, logits: torch.Tensor, y: torch.Tensor, terms: list[torch.Tensor]) -> None:
-        self.loss += loss
-        labeled = y != UNLABELED
-        self.correct += float((logits.argmax(1) == y).sum())
-        self.seen += int(labeled.sum())
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, terms: list[torch.Tensor]) -> None:
+        values = [loss.detach(), (logits.argmax(1) == y).sum(), (y != UNLABELED).sum()]
+        values += [t.detach() for t in terms]
+        stacked = torch.stack([v.to(self.sums.dtype) for v in values])
+        self.sums[: 3] += stacked[:3]
+        self.sums[5:] += stacked[3:]
         self.batches += 1
-        for i, value in enumerate(terms):
-            self.terms[i] += float(value.detach())
 
     def summary(self) -> dict[str, float]:
-        accuracy = self.correct / self.seen if self.seen else float("nan")
-        count = self.batches or float("nan")  # every batch since the last evaluation was skipped (rollback)
-        out = {"train_loss": self.loss / count, "train_accuracy": accuracy}
-        out.update({f"loss/{n}": v / count for n, v in zip(self.names, self.terms)})
-        out["grad_norm"] = self.grad_total / self.grad_count if self.grad_count else float("nan")
+        sums = distributed.all_reduce_sum(self.sums).tolist()
+        batches = self.batches * distributed.world_size()
+        seen, grad_count = sums[self.SEEN], sums[self.GRAD_COUNT]
+        count = batches or float("nan")  # every batch since the last evaluation was skipped (rollback)
+        out = {"train_loss": sums[self.LOSS] / count, "train_accuracy": sums[self.CORRECT] / seen if seen else float("nan")}
+        out.update({f"loss/{n}": v / count for n, v in zip(self.names, sums[5:])})
+        out["grad_norm"] = sums[self.GRAD_TOTAL] / grad_count if grad_count else float("nan")
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss, "correct": self.correct, "seen": self.seen, "batches": self.batches,
-                "terms": list(self.terms), "grad_total": self.grad_total, "grad_count": self.grad_count}
+        return {"sums": self.sums.cpu(), "batches": self.batches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["terms"]) != len(self.names):
-            raise CheckpointError(f"the checkpoint logs {len(state['terms'])} loss terms, this run {len(self.names)}")
-        self.loss, self.correct = float(state["loss"]), float(state["correct"])
-        self.seen, self.batches = int(state["seen"]), int(state["batches"])
-        self.terms = [float(v) for v in state["terms"]]
-        self.grad_total, self.grad_count = float(state.get("grad_total", 0.0)), int(state.get("grad_count", 0))
+        sums = state["sums"]
+        if sums.shape != self.sums.shape:
+            raise CheckpointError(f"the checkpoint logs {sums.shape[0] - 5} loss terms, this run {len(self.names)}")
+        self.sums = sums.to(self.sums.device, self.sums.dtype)
+        self.batches = int(state["batches"])
+
+
+def resume_run(path: Path, fingerprint: dict[str, Any], parts: _Parts, stream: Any, loop: _Loop, guard: Any) -> int:
+    """Load the run saved at ``path`` (when the file exists on every rank) and return its step; 0 for a fresh start.
+
+    Raises :class:`ResumeMismatchError` when the checkpoint comes from a run with other settings, data, model,
+    loss terms or teacher.
+    """
+    found = path.exists()
+    distributed.check_same_on_all_ranks(str(found), f"whether {path} exists")
+    if not found:
+        return 0
+    state = load_checkpoint(path, map_location="cpu")
+    _check_resumable(state, fingerprint, path)
+    parts.load_state_dict(state)
+    stream.load_state_dict(state["stream"])
+    loop.load_state_dict(state)
+    guard.load_state_dict(state)
+    restore_rng_state(state["rng"])  # last: nothing may draw random numbers between this and the next step
+    return int(state["step"])
+
+
+def save_run(path: Path, fingerprint: dict[str, Any], step: int, parts: _Parts, stream: Any, loop: _Loop,
+             guard: Any) -> None:
+    """Save everything :func:`resume_run` needs (rank 0 writes; every rank waits until the file is complete)."""
+    if distributed.is_main():
+        save_checkpoint(path, {
+            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step, **parts.state_dict(),
+            "stream": stream.state_dict(), "rng": capture_rng_state(), **loop.state_dict(), **guard.state_dict(),
+        })
+    distributed.barrier()

@@ -417,7 +417,7 @@ def test_the_checkpoint_holds_everything_as_tensors_and_plain_values(tmp_path):
     path = tmp_path / "run.pt"
     run_setup("distiller fitnet adapter", checkpoint=path, checkpoint_every=5)
     state = load_checkpoint(path)  # weights_only=True: it would refuse anything else
-    assert state["step"] == 18 and state["format"] == "kdlib.fit/1"
+    assert state["step"] == 18 and state["format"] == "kdlib.fit/2"
     assert {"model", "optimizer", "scheduler", "scaler", "terms", "stream", "rng", "running", "history",
             "train_seconds", "skipped_steps", "consecutive_rollbacks", "fingerprint"} <= set(state)
     assert len(state["terms"]) == 3 and any(k.startswith("adapter.") for k in state["terms"][1])

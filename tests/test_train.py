@@ -294,7 +294,7 @@ def test_checkpoints_do_not_change_the_run(tmp_path):
 
 def test_the_resumable_batch_stream_draws_what_batches_draws():
     from kdlib.data import RandomShift, batches
-    from kdlib.run_state import _BatchStream
+    from kdlib.sources import TensorStream as _BatchStream
 
     split, shift = blobs().train, RandomShift(2)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
@@ -329,12 +329,51 @@ def test_history_records_the_mean_gradient_norm_before_clipping():
     clipped_logged, clipped_seen = run(1e-3)
     assert clipped_logged[0] == pytest.approx(logged[0], rel=1e-6)  # same first step, norm before clipping
     assert min(clipped_logged) > 1e-3 and max(clipped_seen) <= 1e-3 * (1 + 1e-4)
-    # the mean over a window of steps, here one epoch of 6 steps
-    per_epoch = fit(mlp(), blobs(), epochs=2, batch_size=16, lr=0.05, optimizer="sgd")
+    # the mean over a window of steps, here one epoch of 6 steps, every step measured
+    per_epoch = fit(mlp(), blobs(), epochs=2, batch_size=16, lr=0.05, optimizer="sgd", grad_norm_every=1)
     assert per_epoch.history[0]["grad_norm"] == pytest.approx(sum(logged[:6]) / 6, rel=1e-5)
+    # by default it is measured every 16 steps and at each evaluation step: here steps 4 and 6 of the epoch
+    sampled = fit(mlp(), blobs(), epochs=2, batch_size=16, lr=0.05, optimizer="sgd", grad_norm_every=4)
+    assert sampled.history[0]["grad_norm"] == pytest.approx((logged[3] + logged[5]) / 2, rel=1e-5)
 
 
 def test_grad_norm_leaves_out_rolled_back_steps():
     result = fit(mlp(), blobs(), epochs=2, batch_size=16, loss_terms=[NaNAt({2, 8})], on_nonfinite="rollback")
     assert result.skipped_steps == [2, 8]
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in result.history)
+
+
+def test_channels_last_and_compile_train_the_same_model(monkeypatch):
+    from torch import nn
+
+    from kdlib.data import Dataset, Split
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 2, 6, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
+    data = Dataset("maps", Split(x[:48], y[:48]), Split(x[48:], y[48:]), 3)
+
+    def conv():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+    compiled = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or real_compile(m, backend="eager"))
+    plain, last, comp = conv(), conv(), conv()
+    fit(plain, data, epochs=2, batch_size=16)
+    fit(last, data, epochs=2, batch_size=16, channels_last=True)
+    result = fit(comp, data, epochs=2, batch_size=16, compile=True)
+    assert len(compiled) == 1 and result.config["compile"] is True
+    assert last[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b, c in zip(plain.parameters(), last.parameters(), comp.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+
+
+def test_device_auto_is_the_default_and_keeps_the_model_where_it_is():
+    from kdlib.train import training_device
+
+    model = mlp()
+    assert training_device(model, "auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert training_device(model, None) == torch.device("cpu")
+    assert fit(mlp(), blobs(), epochs=1).config["device"] == str(training_device(model, "auto"))

@@ -92,6 +92,7 @@ from kdlib.data.builtin import available, load
 from kdlib.data.bundled import digits, mnist1d
 from kdlib.data.files import cache_dir
 from kdlib.data.formats import DatasetFormatError, read_idx
+from kdlib.data.folders import write_image_folder
 from kdlib.data.images import (
     FASHION_MNIST_CLASSES,
     cifar10,
@@ -142,4 +143,5 @@ __all__ = [
     "random_shift",
     "read_idx",
     "with_unlabeled",
+    "write_image_folder",
 ]

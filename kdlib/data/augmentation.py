@@ -15,6 +15,19 @@ __all__ = ["Augment", "RandomCropFlip", "RandomShift", "random_crop_flip", "rand
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
 
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Random numbers drawn on the CPU (the same for a seed on every device), sent to ``device`` without waiting.
+
+    A plain ``.to("cuda")`` of a CPU tensor waits for every kernel queued before it; from pinned memory the copy is
+    queued like a kernel, so drawing an augmentation never stalls the GPU.
+    """
+    if values.device == device:
+        return values
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
 def random_crop_flip(
     x: torch.Tensor,
     *,
@@ -53,11 +66,11 @@ def random_crop_flip(
     if fill_t.numel() not in (1, c):
         raise ValueError(f"fill has {fill_t.numel()} values; give one, or one per channel ({c})")
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=gen_device).to(x.device)
+    offsets = to_device(torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=gen_device), x.device)
     rows = offsets[:, :1] + torch.arange(h, device=x.device)  # (N, H) rows of the padded image
     cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # (N, W)
     if flip:
-        mirrored = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(x.device)
+        mirrored = to_device(torch.rand(n, generator=generator, device=gen_device) < 0.5, x.device)
         # Mirroring the crop is reading its columns backwards, so crop and flip are one gather.
         cols = torch.where(mirrored[:, None], cols.flip(1), cols)
     if padding:
@@ -116,7 +129,7 @@ def random_shift(x: torch.Tensor, *, max_shift: int, generator: torch.Generator 
         raise ValueError(f"max_shift must be an int >= 0, got {max_shift!r}")
     n, length = x.shape
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    shifts = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=generator, device=gen_device).to(x.device)
+    shifts = to_device(torch.randint(-max_shift, max_shift + 1, (n, 1), generator=generator, device=gen_device), x.device)
     source = torch.arange(length, device=x.device) - shifts  # (N, L): where each output position reads from
     inside = (source >= 0) & (source < length)
     return torch.gather(x, 1, source.clamp(0, length - 1)) * inside
