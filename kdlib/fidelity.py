@@ -20,11 +20,12 @@ records both at every evaluation; :func:`kdlib.plot.fidelity` draws them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from kdlib.data import Dataset
+from kdlib.sources import as_source
 from kdlib.train import predict
 
 __all__ = ["Fidelity", "fidelity_monitor", "kl_teacher_student"]
@@ -70,13 +71,19 @@ class Fidelity:
         return out
 
 
-def fidelity_monitor(teacher: nn.Module, data: Dataset, *, samples: int = DEFAULT_SAMPLES) -> Fidelity:
+def fidelity_monitor(teacher: nn.Module, data: Any, *, samples: int = DEFAULT_SAMPLES) -> Fidelity:
     """A :class:`Fidelity` on the first ``samples`` training inputs (un-augmented) and test inputs of ``data``.
+
+    ``data``: anything :func:`~kdlib.train.fit` takes. For torch data the inputs are a seeded random sample, as the
+    dataset's transform gives them; without evaluation data only the training inputs are measured.
 
     A transfer set appended with :func:`~kdlib.data.with_unlabeled` comes after the labeled samples, so the
     training inputs measured are labeled ones unless ``samples`` exceeds their number.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
-    inputs = {name: split.take(slice(0, samples)) for name, split in (("train", data.train), ("test", data.test))}
+    source = as_source(data)
+    inputs = {"train": source.sample(samples)[0]}
+    if source.has_eval():
+        inputs["test"] = source.sample(samples, train=False)[0]
     return Fidelity(teacher, inputs)

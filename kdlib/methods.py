@@ -19,13 +19,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from kdlib.data import Dataset
-from kdlib.distiller import CRDTerm, Distiller, FeatureTerm, LogitTerm, Term
+from kdlib.distiller import Distiller
 from kdlib.features import feature_shapes
-from kdlib.losses import at_loss, dist_loss, dkd_loss, fitnet_loss, kd_loss, mse_logit_loss, pkt_loss, rkd_loss, sp_loss
+from kdlib.losses import (
+    at_loss,
+    dist_loss,
+    dkd_loss,
+    fitnet_loss,
+    kd_loss,
+    mse_logit_loss,
+    pkt_loss,
+    rkd_loss,
+    sp_loss,
+)
+from kdlib.sources import as_source
+from kdlib.terms import CRDTerm, FeatureTerm, LogitTerm, Term
 from kdlib.train import FitResult, fit
 
 __all__ = ["METHODS", "Layers", "Method", "NotApplicable", "default_layers", "distill_with", "method_terms"]
@@ -41,17 +54,26 @@ class NotApplicable(ValueError):
 class Layers:
     """Which (student layer, teacher layer) pairs the feature methods read.
 
+    Give only the pairs the method you run reads; a method that needs a pair left out says so.
+
     Attributes:
         hint: the FitNets hint pair (an adapter maps the student's feature to the teacher's shape).
         maps: pairs of feature maps with the same spatial size, for attention transfer (one term per pair).
         last: the last feature layers, for similarity-preserving KD.
-        embedding: the penultimate embeddings, for RKD, PKT and CRD.
+        embedding: the penultimate embeddings, for RKD, PKT and CRD; ``("fc:input", "fc:input")`` by default.
     """
 
-    hint: Pair
-    maps: tuple[Pair, ...]
-    last: Pair
-    embedding: Pair
+    hint: Pair | None = None
+    maps: tuple[Pair, ...] = ()
+    last: Pair | None = None
+    embedding: Pair = ("fc:input", "fc:input")
+
+    def pair(self, field_name: str, method: str) -> Pair:
+        """The pair ``field_name``, or an error that says to give it."""
+        value = getattr(self, field_name)
+        if value is None:
+            raise ValueError(f"{method} reads layers.{field_name}; pass Layers({field_name}=(student_layer, teacher_layer))")
+        return value
 
 
 def default_layers(student: nn.Module, teacher: nn.Module, input_shape: Sequence[int]) -> Layers:
@@ -176,11 +198,11 @@ METHODS: dict[str, Method] = {
         _method("dkd_ls", "DKD + logit standardization", "logit", "sun2024logit", 1.0, _dkd(True, "dkd_ls"), "beta",
                 **standardized_dkd()),
         _method("fitnet", "FitNets", "feature", "romero2015fitnets", 1.0,
-                lambda l, weight: [FeatureTerm(*l.hint, fitnet_loss, weight=weight)], "weight", weight=100.0),
+                lambda l, weight: [FeatureTerm(*l.pair("hint", "fitnet"), fitnet_loss, weight=weight)], "weight", weight=100.0),
         _method("at", "Attention transfer", "feature", "zagoruyko2017attention", 1.0, _attention_terms, "weight",
                 weight=1000.0),
         _method("sp", "Similarity-preserving", "relation", "tung2019similarity", 1.0,
-                lambda l, weight: [FeatureTerm(*l.last, sp_loss, weight=weight, adapter=None)], "weight",
+                lambda l, weight: [FeatureTerm(*l.pair("last", "sp"), sp_loss, weight=weight, adapter=None)], "weight",
                 weight=3000.0),
         _method("rkd", "RKD (distance + angle)", "relation", "park2019relational", 1.0,
                 lambda l, weight, distance, angle: [FeatureTerm(*l.embedding, rkd_loss, weight=weight, adapter=None,
@@ -227,7 +249,7 @@ def distill_with(
     name: str,
     student: nn.Module,
     teacher: nn.Module,
-    data: Dataset,
+    data: Any,
     *,
     layers: Layers | None = None,
     cache_teacher: bool | None = None,
@@ -240,7 +262,8 @@ def distill_with(
     ``fit_kwargs`` go to :func:`kdlib.train.fit` (epochs/steps, lr, seed, device, ...). The result's
     ``config`` records the method's name and the recipe used.
     """
-    terms, ce_weight = method_terms(name, student, teacher, data.input_shape, layers, **(recipe or {}))
+    input_shape = data.input_shape if isinstance(data, Dataset) else tuple(as_source(data).sample(1)[0].shape[1:])
+    terms, ce_weight = method_terms(name, student, teacher, input_shape, layers, **(recipe or {}))
     if not terms:
         result = fit(student, data, ce_weight=ce_weight, **fit_kwargs)
     else:

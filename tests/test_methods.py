@@ -37,8 +37,12 @@ def test_a_model_without_feature_layers_needs_explicit_layers():
     plain = nn.Sequential(nn.Flatten(), nn.Linear(40, 10))
     with pytest.raises(ValueError, match="pass layers="):
         method_terms("fitnet", plain, models.create("mlp", 10), (40,))
-    terms, _ = method_terms("fitnet", plain, plain, (40,), Layers(("1:input",) * 2, (), ("1",) * 2, ("1:input",) * 2))
+    terms, _ = method_terms("fitnet", plain, plain, (40,), Layers(hint=("1:input",) * 2))
     assert isinstance(terms[0], FeatureTerm) and terms[0].student_layers == ("1:input",)
+    terms, _ = method_terms("rkd", plain, plain, (40,), Layers(embedding=("1:input",) * 2))
+    assert terms[0].teacher_layers == ("1:input",)
+    with pytest.raises(ValueError, match=r"sp reads layers.last; pass Layers\(last="):
+        method_terms("sp", plain, plain, (40,), Layers(hint=("1:input",) * 2))
 
 
 @pytest.mark.parametrize("name", list(METHODS))

@@ -13,6 +13,8 @@ use it to rank pruned candidates before fine-tuning them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -28,9 +30,10 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-def _inputs(data: Dataset | Split | torch.Tensor | tuple) -> Split | torch.Tensor:
+def _inputs(data: Any, samples: int) -> Split | torch.Tensor:
     """The inputs of ``data``: a Dataset's training split, a Split, or the tensor of an ``(x, y)`` tuple or ``x``
-    itself (a Split is kept as it is, so that batches are read with :meth:`~kdlib.data.Split.take`)."""
+    itself (a Split is kept as it is, so that batches are read with :meth:`~kdlib.data.Split.take`); from a torch
+    dataset or DataLoader, a seeded random sample of ``samples`` training inputs."""
     if isinstance(data, Dataset):
         data = data.train
     if isinstance(data, Split):
@@ -39,9 +42,17 @@ def _inputs(data: Dataset | Split | torch.Tensor | tuple) -> Split | torch.Tenso
         return data[0]
     if isinstance(data, torch.Tensor):
         return data
-    raise TypeError(
-        f"data must be a kdlib Dataset/Split, an (x, y) tuple or an input tensor, got {type(data).__name__}"
+    from kdlib.sources import (
+        as_source,  # torch datasets and DataLoaders: a seeded random sample of inputs
     )
+
+    try:
+        return as_source(data).sample(samples)[0]
+    except TypeError:
+        raise TypeError(
+            f"data must be a kdlib Dataset/Split, a torch Dataset or DataLoader, an (x, y) tuple or an input tensor, "
+            f"got {type(data).__name__}"
+        ) from None
 
 
 def _check_positive(name: str, value: object) -> int:
@@ -103,7 +114,7 @@ def recalibrate_batchnorm(
         raise ValueError(
             f"{type(model).__name__} has no BatchNorm layer with running statistics: nothing to recalibrate"
         )
-    x = _inputs(data)
+    x = _inputs(data, batches * batch_size)
     if (isinstance(x, torch.Tensor) and x.ndim == 0) or len(x) == 0:
         raise ValueError("data is empty: BatchNorm statistics need at least one input")
     if device is None:

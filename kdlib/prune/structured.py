@@ -125,6 +125,9 @@ def _importance(name: str) -> tp.importance.Importance:
     raise ValueError(f"importance must be one of {', '.join(map(repr, IMPORTANCES))}, got {name!r}")
 
 
+TAYLOR_SAMPLES = 1024  # samples of a torch dataset whose gradients Taylor importance reads
+
+
 def _as_batch(data: Split | Dataset | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(data, Dataset):
         data = data.train
@@ -132,7 +135,17 @@ def _as_batch(data: Split | Dataset | tuple[torch.Tensor, torch.Tensor]) -> tupl
         return data.inputs, data.y
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return data[0], data[1]
-    raise TypeError(f"data must be a kdlib Split/Dataset or an (x, y) tuple of tensors, got {type(data).__name__}")
+    from kdlib.sources import (
+        as_source,  # a torch dataset or DataLoader: a seeded random sample of its training data
+    )
+
+    try:
+        return as_source(data).sample(TAYLOR_SAMPLES)
+    except TypeError:
+        raise TypeError(
+            f"data must be a kdlib Split/Dataset, a torch Dataset or DataLoader, or an (x, y) tuple of tensors, got "
+            f"{type(data).__name__}"
+        ) from None
 
 
 def _default_ignored(model: nn.Module) -> list[nn.Module]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -267,11 +268,18 @@ def fake_quant_layers(model: nn.Module) -> dict[str, FakeQuantLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantLayer)}
 
 
-def calibration_batches(data: Split | Dataset | torch.Tensor, batches: int, batch_size: int) -> list[torch.Tensor]:
-    """Up to ``batches`` input batches from a tensor, a Split, or a Dataset (its training split: calibrating on
-    the test set would leak it), or one clear error when there is nothing to calibrate on."""
+def calibration_batches(data: Any, batches: int, batch_size: int) -> list[torch.Tensor]:
+    """Up to ``batches`` input batches from a tensor, a Split, a Dataset (its training split: calibrating on the
+    test set would leak it) or a torch Dataset/DataLoader (a seeded random sample), or one clear error when there
+    is nothing to calibrate on."""
     if isinstance(data, Dataset):
         data = data.train
+    elif not isinstance(data, (Split, torch.Tensor)):
+        from kdlib.sources import (
+            as_source,  # a torch dataset or DataLoader: a seeded random sample of it
+        )
+
+        data = as_source(data).sample(max(batches, 0) * max(batch_size, 0))[0]
     n = len(data)
     if n == 0 or batches < 1 or batch_size < 1:
         raise ValueError(

@@ -10,7 +10,14 @@ Every scheme takes any ``nn.Module`` s, checks before training that each one pre
 follows ``device=`` (or the first model's device), and returns a :class:`SchemeResult` with one row per model.
 """
 
-from kdlib.schemes.chain import born_again, defective_kd, distill_chain, reversed_kd, teacher_assistant, teacher_free_self
+from kdlib.schemes.chain import (
+    born_again,
+    defective_kd,
+    distill_chain,
+    reversed_kd,
+    teacher_assistant,
+    teacher_free_self,
+)
 from kdlib.schemes.ensemble import Ensemble, MultiTeacherTerm, multi_teacher_distill
 from kdlib.schemes.mutual import MutualLearningTerm, mutual_learning
 from kdlib.schemes.result import ModelResult, SchemeResult

@@ -11,7 +11,6 @@ from typing import Any
 
 from torch import nn
 
-from kdlib.data import Dataset
 from kdlib.distill import distill
 from kdlib.repro import seed_everything
 from kdlib.schemes.ensemble import Ensemble
@@ -21,7 +20,7 @@ from kdlib.train import fit
 
 def distill_chain(
     models: Mapping[str, nn.Module] | Sequence[nn.Module],
-    data: Dataset,
+    data: Any,
     *,
     train_first: bool = True,
     stage_fit: Sequence[Mapping[str, Any]] | None = None,
@@ -57,7 +56,7 @@ def distill_chain(
         roles = ["teacher"] + ["assistant"] * (len(names) - 2) + ["student"] if len(names) > 1 else ["student"]
     if len(roles) != len(names):
         raise ValueError(f"roles needs one entry per model ({len(names)}), got {len(roles)}")
-    data = prepare(named, data, fit_kwargs.pop("device", None))
+    data = prepare(named, data, fit_kwargs.pop("device", "auto"))
     result = SchemeResult(scheme, config=dict(temperature=temperature, alpha=alpha, seed=seed, train_first=train_first))
     fit_kwargs.pop("desc", None)
     for i, (name, model) in enumerate(named.items()):
@@ -82,7 +81,7 @@ def _stage_kwargs(base: Mapping[str, Any], override: Mapping[str, Any], seed: in
 
 def born_again(
     make_model: Callable[[], nn.Module],
-    data: Dataset,
+    data: Any,
     *,
     generations: int = 3,
     teacher: nn.Module | None = None,
@@ -125,7 +124,7 @@ def born_again(
 
 def teacher_free_self(
     make_model: Callable[[], nn.Module],
-    data: Dataset,
+    data: Any,
     *,
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
@@ -149,7 +148,7 @@ def teacher_assistant(
     teacher: nn.Module,
     assistants: Sequence[nn.Module],
     student: nn.Module,
-    data: Dataset,
+    data: Any,
     *,
     train_teacher: bool = False,
     assistant_fit: Mapping[str, Any] | None = None,
@@ -179,7 +178,7 @@ def teacher_assistant(
 def reversed_kd(
     strong: nn.Module,
     weak: nn.Module,
-    data: Dataset,
+    data: Any,
     *,
     weak_fit: Mapping[str, Any] | None = None,
     temperature: float = 4.0,
@@ -200,7 +199,7 @@ def reversed_kd(
 def defective_kd(
     student: nn.Module,
     teacher: nn.Module,
-    data: Dataset,
+    data: Any,
     *,
     teacher_fit: Mapping[str, Any],
     temperature: float = 4.0,

@@ -11,11 +11,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlib.data import UNLABELED, Batch, Dataset
-from kdlib.distill import cached_teacher_logits, frozen
-from kdlib.losses import check_alpha, check_temperature, confidence_weights, ensemble_log_probs, multi_teacher_kd_loss
+from kdlib.data import UNLABELED, Batch
+from kdlib.losses import (
+    check_alpha,
+    check_temperature,
+    confidence_weights,
+    ensemble_log_probs,
+    multi_teacher_kd_loss,
+)
 from kdlib.losses.targets import _check_weights
 from kdlib.schemes.result import SchemeResult, named_models, prepare
+from kdlib.teacher import frozen
 from kdlib.train import fit
 
 WEIGHTINGS = ("mean", "confidence")
@@ -94,7 +100,7 @@ def _check_weighting(weighting: Any, k: int) -> str | torch.Tensor:
 def multi_teacher_distill(
     student: nn.Module,
     teachers: Mapping[str, nn.Module] | Sequence[nn.Module],
-    data: Dataset,
+    data: Any,
     *,
     weighting: str | Sequence[float] | torch.Tensor = "mean",
     temperature: float = 4.0,
@@ -113,7 +119,8 @@ def multi_teacher_distill(
       ICASSP 2022), so a teacher that is wrong on a sample counts less there.
 
     Teachers are cached like :func:`~kdlib.distill.distill`'s (all of their logits for the training split,
-    ``K x N x C`` floats) when the data has no augmentation, and run live otherwise.
+    ``K x N x C`` floats) when the data is a kdlib Dataset without augmentation, and run live otherwise
+    (``cache_teacher=True`` caches a torch dataset after checking that its samples come out the same twice).
 
     Returns:
         A :class:`~kdlib.schemes.SchemeResult`: one row per teacher (evaluated, not trained), ``"ensemble"``
@@ -126,14 +133,16 @@ def multi_teacher_distill(
     scheme_weighting = _check_weighting(weighting, len(named))
     if "ce_weight" in fit_kwargs or "loss_terms" in fit_kwargs:
         raise TypeError("multi_teacher_distill sets ce_weight and loss_terms itself; use alpha=")
-    data = prepare({**named, "student": student}, data, fit_kwargs.pop("device", None))
+    data = prepare({**named, "student": student}, data, fit_kwargs.pop("device", "auto"))
     members = list(named.values())
-    use_cache = data.augment is None if cache_teacher is None else bool(cache_teacher)
+    use_cache = data.augments is False if cache_teacher is None else bool(cache_teacher)
+    if use_cache:
+        data.check_static()
     with ExitStack() as stack:
         for teacher in members:
             stack.enter_context(frozen(teacher))
         if use_cache:  # cached_teacher_logits refuses data with augmentation, as distill's cache does
-            cached = torch.stack([cached_teacher_logits(m, data) for m in members])
+            cached = torch.stack([_all_logits(m, data) for m in members])
             logits_fn = lambda batch: cached[:, batch.index]  # noqa: E731
         else:
             def logits_fn(batch: Batch) -> torch.Tensor:
@@ -151,3 +160,9 @@ def multi_teacher_distill(
     result.add("ensemble", "ensemble", Ensemble(members, fixed), data)
     result.add("student", "student", student, data, teacher="ensemble", fit=run)
     return result
+
+
+def _all_logits(teacher: nn.Module, source: Any) -> torch.Tensor:
+    """The teacher's logits for every training sample, in index order (the data's inputs never change)."""
+    with torch.no_grad():
+        return torch.cat([teacher(x) for x, _ in source.ordered_train()])

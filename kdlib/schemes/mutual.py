@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlib.data import UNLABELED, Batch, Dataset
+from kdlib.data import UNLABELED, Batch
 from kdlib.losses import check_temperature, cross_entropy, kd_loss
 from kdlib.schemes.ensemble import Ensemble
 from kdlib.schemes.result import SchemeResult, named_models, prepare
@@ -56,7 +56,7 @@ class MutualLearningTerm(nn.Module):
 
 def mutual_learning(
     peers: Mapping[str, nn.Module] | Sequence[nn.Module],
-    data: Dataset,
+    data: Any,
     *,
     temperature: float = 1.0,
     ensemble: bool = True,
@@ -77,7 +77,7 @@ def mutual_learning(
         raise ValueError(f"mutual learning needs at least two peers, got {len(named)}")
     if "loss_terms" in fit_kwargs:
         raise TypeError("mutual_learning sets loss_terms itself")
-    data = prepare(named, data, fit_kwargs.pop("device", None))
+    data = prepare(named, data, fit_kwargs.pop("device", "auto"))
     first, *others = named.values()
     term = MutualLearningTerm(others, temperature)
     run = fit(first, data, loss_terms=[term], **fit_kwargs)

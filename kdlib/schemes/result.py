@@ -8,10 +8,15 @@ from typing import Any
 
 from torch import nn
 
-from kdlib.data import Dataset
-from kdlib.device import module_device, resolve
+from kdlib.device import module_device
 from kdlib.profile import count_parameters
-from kdlib.train import FitResult, check_model_fits_data, evaluate
+from kdlib.sources import as_source
+from kdlib.train import (
+    FitResult,
+    check_model_fits_data,
+    loss_and_accuracy,
+    training_device,
+)
 
 
 @dataclass
@@ -58,12 +63,16 @@ class SchemeResult:
                 return row
         raise KeyError(f"no model named {name!r} in this {self.scheme} result; names: {[r.name for r in self.rows]}")
 
-    def add(self, name: str, role: str, model: nn.Module, data: Dataset, *, teacher: str | None = None,
+    def add(self, name: str, role: str, model: nn.Module, data: Any, *, teacher: str | None = None,
             fit: FitResult | None = None) -> ModelResult:
-        """Evaluate ``model`` on ``data.test`` and append its row."""
+        """Evaluate ``model`` on the evaluation data of ``data`` (anything :func:`~kdlib.train.fit` takes) and append
+        its row."""
         if any(r.name == name for r in self.rows):
             raise ValueError(f"duplicate model name {name!r}")
-        accuracy = fit.final_accuracy if fit is not None else evaluate(model, data.test)["accuracy"]
+        if fit is not None:
+            accuracy = fit.final_accuracy
+        else:
+            accuracy = loss_and_accuracy(model, as_source(data).to(module_device(model)).eval_batches())["accuracy"]
         row = ModelResult(name, role, model, float(accuracy), count_parameters(model), teacher, fit)
         self.rows.append(row)
         return row
@@ -92,20 +101,24 @@ def named_models(models: Any, prefix: str) -> dict[str, nn.Module]:
     return dict(items)
 
 
-def check_models_fit_data(models: Mapping[str, nn.Module], data: Dataset) -> None:
-    """Every model takes ``data``'s inputs and predicts its classes (so all agree on the number of classes)."""
+def check_models_fit_data(models: Mapping[str, nn.Module], data: Any) -> int:
+    """Every model takes ``data``'s inputs and predicts the same classes; returns their number."""
     ids = [id(m) for m in models.values()]
     if len(set(ids)) != len(ids):
         raise ValueError("the same module object appears twice; each role needs its own model (use copy.deepcopy)")
-    for name, model in models.items():
-        check_model_fits_data(model, data, role=name)
+    classes = {name: check_model_fits_data(model, data, role=name) for name, model in models.items()}
+    if len(set(classes.values())) > 1:
+        raise ValueError(f"the models predict different numbers of classes: {classes}")
+    return next(iter(classes.values()))
 
 
-def prepare(models: Mapping[str, nn.Module], data: Dataset, device: Any) -> Dataset:
-    """Move every model and the data to ``device`` (``None``: the first model's device) and check them."""
-    dev = module_device(next(iter(models.values()))) if device is None else resolve(device)
+def prepare(models: Mapping[str, nn.Module], data: Any, device: Any = "auto") -> Any:
+    """Move every model and the data to ``device`` (as :func:`kdlib.train.fit` chooses it from the first model)
+    and check them. ``data`` is anything ``fit`` takes; the result is its source (:mod:`kdlib.sources`), which
+    ``fit`` and ``distill`` accept as it is."""
+    dev = training_device(next(iter(models.values())), device)
     for model in models.values():
         model.to(dev)
-    data = data.to(dev)
-    check_models_fit_data(models, data)
-    return data
+    source = as_source(data).to(dev)
+    check_models_fit_data(models, source)
+    return source

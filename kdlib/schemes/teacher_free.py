@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from kdlib.data import UNLABELED, Batch, Dataset
+from kdlib.data import UNLABELED, Batch
 from kdlib.losses import check_alpha, check_temperature, tf_kd_reg_loss
 from kdlib.schemes.result import SchemeResult, prepare
-from kdlib.train import fit
+from kdlib.train import check_model_fits_data, fit
 
 
 @dataclass
@@ -38,7 +38,7 @@ class VirtualTeacherTerm:
 
 def teacher_free_reg(
     student: torch.nn.Module,
-    data: Dataset,
+    data: Any,
     *,
     correct_prob: float = 0.9,
     temperature: float = 20.0,
@@ -58,9 +58,10 @@ def teacher_free_reg(
     t, a = check_temperature(temperature), check_alpha(alpha)
     if "ce_weight" in fit_kwargs or "loss_terms" in fit_kwargs:
         raise TypeError("teacher_free_reg sets ce_weight and loss_terms itself; use alpha=")
-    data = prepare({"student": student}, data, fit_kwargs.pop("device", None))
+    data = prepare({"student": student}, data, fit_kwargs.pop("device", "auto"))
     # Check correct_prob against the class count once, before training, rather than at step 1.
-    tf_kd_reg_loss(torch.zeros(1, data.num_classes), torch.zeros(1, dtype=torch.long), correct_prob=correct_prob, temperature=t)
+    classes = check_model_fits_data(student, data)
+    tf_kd_reg_loss(torch.zeros(1, classes), torch.zeros(1, dtype=torch.long), correct_prob=correct_prob, temperature=t)
     run = fit(student, data, ce_weight=1.0 - a, loss_terms=[VirtualTeacherTerm(correct_prob, t, a)], **fit_kwargs)
     result = SchemeResult("teacher-free (virtual teacher)", config=dict(correct_prob=correct_prob, temperature=t, alpha=a))
     result.add("student", "student", student, data, fit=run)
