@@ -17,14 +17,15 @@ import torch
 from torch import nn
 
 from kdlib.data import Batch
-from kdlib.distiller import Distiller, LogitTerm
+from kdlib.distiller import Distiller
 from kdlib.losses import check_alpha, check_temperature, kd_loss, kd_loss_from_log_probs
-from kdlib.teacher import (
+from kdlib.teacher import (  # noqa: F401  (frozen and the teacher's logits: re-exported, their historic home)
     TeacherCache,
     cached_teacher_logits,
     frozen,
     live_teacher_logits,
 )
+from kdlib.terms import KDLogitTerm
 from kdlib.train import FitResult, LossTerm
 
 __all__ = ["KDTerm", "distill"]
@@ -97,7 +98,7 @@ def distill(
     a = check_alpha(alpha)
     if "ce_weight" in fit_kwargs or "loss_terms" in fit_kwargs:
         raise TypeError("distill sets ce_weight and loss_terms itself; use alpha= and extra_terms=")
-    kd = LogitTerm(kd_loss, weight=a, name="kd", temperature=t)
+    kd = KDLogitTerm(t, weight=a, name="kd")
     distiller = Distiller(student, teacher, [kd], ce_weight=1.0 - a, cache_teacher=cache_teacher, fidelity=fidelity,
                           extra_terms=extra_terms, cache_limit_mb=float("inf"))
     result = distiller.fit(data, **fit_kwargs)

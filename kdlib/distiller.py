@@ -41,7 +41,15 @@ from kdlib.repro import seed_everything
 from kdlib.run_state import weights_digest
 from kdlib.sources import as_source
 from kdlib.teacher import TeacherCache, frozen
-from kdlib.terms import CRDTerm, FeatureTerm, LogitTerm, StepOutputs, Term, make_adapter
+from kdlib.terms import (  # noqa: F401  (the terms are importable from here too, their historic home)
+    CRDTerm,
+    FeatureTerm,
+    KDLogitTerm,
+    LogitTerm,
+    StepOutputs,
+    Term,
+    make_adapter,
+)
 from kdlib.train import FitResult, LossTerm, check_model_fits_data, fit, training_device
 
 __all__ = ["Distiller"]  # the terms (LogitTerm, FeatureTerm, ...) live in kdlib.terms and are importable here
@@ -65,7 +73,7 @@ class _TeacherStep:
         self.cache: TeacherCache | None = None
         self.features: dict[str, torch.Tensor] = {}
         self._batch: Batch | None = None
-        self._outputs: tuple[torch.Tensor, dict[str, Any]] | None = None
+        self._outputs: tuple[torch.Tensor, dict[str, Any], Any] | None = None
 
     def fill_cache(self, cache: TeacherCache, source: Any, fingerprint: dict[str, Any]) -> None:
         """Teacher logits (into ``cache``) and features (in memory) of every training sample, un-augmented."""
@@ -95,15 +103,15 @@ class _TeacherStep:
     def outputs(self, batch: Batch, student_logits: torch.Tensor) -> StepOutputs:
         if batch is not self._batch:
             if self.cache is not None:
-                index = batch.index
+                index, cache, device = batch.index, self.cache, student_logits.device
                 features = {name: f[index.to(f.device)] for name, f in self.features.items()}
-                self._outputs = self.cache.logits(index, student_logits.device), features
+                self._outputs = cache.logits(index, device), features, lambda t: cache.log_probs(index, t, device)
             else:
-                self._outputs = self.run(batch.x)
+                self._outputs = (*self.run(batch.x), None)
             self._batch = batch
-        t_logits, t_features = self._outputs
+        t_logits, t_features, t_log_probs = self._outputs
         s_features = self.student_recorder.features if self.student_recorder is not None else {}
-        return StepOutputs(batch, student_logits, t_logits, s_features, t_features)
+        return StepOutputs(batch, student_logits, t_logits, s_features, t_features, t_log_probs)
 
 
 class Distiller:

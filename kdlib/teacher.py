@@ -30,6 +30,7 @@ from kdlib.checkpoint import write_json
 from kdlib.data import Batch, Dataset
 from kdlib.device import module_device
 from kdlib.evaluation import predict
+from kdlib.losses import teacher_log_probs
 
 __all__ = ["TeacherCache", "cached_teacher_logits", "frozen", "live_teacher_logits"]
 
@@ -124,6 +125,7 @@ class TeacherCache:
         self.reused = False
         self._values: Any = None  # tensor (memory) or np.memmap (disk)
         self._index: Any = None
+        self._log_probs: dict[float, torch.Tensor] = {}  # temperature -> whole table (memory, all logits)
 
     def __repr__(self) -> str:
         return f"TeacherCache(path={str(self.path) if self.path else None!r}, top_k={self.top_k}, dtype={self.dtype})"
@@ -216,6 +218,15 @@ class TeacherCache:
             classes = torch.from_numpy(np.ascontiguousarray(self._index[rows])).to(device) if self._index is not None else None
         values = values.to(device).float()
         return values if classes is None else expand_topk(values, classes.to(device), self.num_classes)
+
+    def log_probs(self, index: torch.Tensor, temperature: float, device: torch.device) -> torch.Tensor:
+        """``log_softmax(logits / T)`` of samples ``index``; for an in-memory cache of all logits the table at ``T``
+        is computed once and then indexed (what each step of a KD term reads)."""
+        if isinstance(self._values, torch.Tensor) and self._index is None:
+            if temperature not in self._log_probs:
+                self._log_probs[temperature] = teacher_log_probs(self._values, temperature)
+            return self._log_probs[temperature][index.to(self._values.device)].to(device)
+        return teacher_log_probs(self.logits(index, device), temperature)
 
     def nbytes(self) -> int:
         """Bytes the cache holds (in memory or on disk)."""

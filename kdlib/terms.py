@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from kdlib.data import Batch
+from kdlib.losses import check_temperature, kd_loss_from_log_probs, teacher_log_probs
 
 if TYPE_CHECKING:
     from kdlib.distiller import _TeacherStep
     from kdlib.losses.contrastive import CRDLoss
 
-__all__ = ["CRDTerm", "FeatureTerm", "LogitTerm", "StepOutputs", "Term", "make_adapter"]
+__all__ = ["CRDTerm", "FeatureTerm", "KDLogitTerm", "LogitTerm", "StepOutputs", "Term", "make_adapter"]
 
 Shape = tuple[int, ...]
 
@@ -36,6 +37,8 @@ class StepOutputs:
         teacher_logits: ``(N, C)``, constants.
         student_features: layer name → the student's activation (with its graph).
         teacher_features: layer name → the teacher's activation (detached).
+        teacher_log_probs: ``T -> log_softmax(teacher_logits / T)``, read from the teacher cache when there is
+            one (computed once for the training set) instead of once per step.
     """
 
     batch: Batch
@@ -43,6 +46,13 @@ class StepOutputs:
     teacher_logits: torch.Tensor
     student_features: Mapping[str, Any]
     teacher_features: Mapping[str, Any]
+    teacher_log_probs: Callable[[float], torch.Tensor] | None = None
+
+    def log_probs(self, temperature: float) -> torch.Tensor:
+        """The teacher's log-probabilities at ``temperature`` (see :attr:`teacher_log_probs`)."""
+        if self.teacher_log_probs is not None:
+            return self.teacher_log_probs(temperature)
+        return teacher_log_probs(self.teacher_logits, temperature)
 
 
 class Term(nn.Module):
@@ -135,6 +145,22 @@ class LogitTerm(Term):
     def compute(self, out: StepOutputs) -> torch.Tensor:
         args = (out.batch.y,) if self.targets else ()
         return self.loss_fn(out.student_logits, out.teacher_logits, *args, **self.kwargs)
+
+
+class KDLogitTerm(Term):
+    """Hinton et al.'s KD term, :func:`~kdlib.losses.kd_loss`, computed from the teacher's log-probabilities at
+    ``temperature`` (:meth:`StepOutputs.log_probs`): with a cached teacher they are computed once for the training
+    set, not once per step. The value equals ``LogitTerm(kd_loss, temperature=...)``'s."""
+
+    def __init__(self, temperature: float = 4.0, *, weight: float = 1.0, name: str = "kd", warmup: float = 0.0) -> None:
+        super().__init__(weight=weight, name=name, warmup=warmup)
+        self.temperature = check_temperature(temperature)
+
+    def compute(self, out: StepOutputs) -> torch.Tensor:
+        return kd_loss_from_log_probs(out.student_logits, out.log_probs(self.temperature), self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, temperature={self.temperature:g}"
 
 
 class FeatureTerm(Term):
