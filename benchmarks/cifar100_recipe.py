@@ -18,6 +18,11 @@ Examples (CIFAR-100 is downloaded by torchvision on first use)::
     # a student, with any method of kdlib.methods; repeat with --seed 1, 2, ...
     python benchmarks/cifar100_recipe.py student --pair resnet32x4-resnet8x4 --method dkd --seed 0
 
+On several GPUs, launch the same command with ``torchrun`` (the global batch stays 64: each of N ranks takes
+64 / N samples per step, so the protocol is unchanged)::
+
+    torchrun --nproc_per_node 4 benchmarks/cifar100_recipe.py student --pair resnet32x4-resnet8x4 --method kd
+
 Every run writes ``benchmarks/results/cifar100/<pair>/<model-or-method>_seed<seed>.json`` (final and best
 test accuracy, history, versions, GPU) and the model's ``state_dict`` beside it. ``--epochs 2`` checks the
 pipeline in minutes; published numbers are in ``benchmarks/results/cifar100_published.json``.
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from kdlib import data, models
+from kdlib import data, distributed, models
 from kdlib.distiller import Distiller
 from kdlib.methods import METHODS, method_terms, standardized_dkd
 
@@ -53,14 +58,22 @@ OVERRIDES = {
 }
 
 
-def sgd_protocol(epochs: int) -> dict:
-    """RepDistiller's optimizer and schedule, with the milestones scaled when ``epochs`` != 240."""
+GLOBAL_BATCH = 64
+
+
+def sgd_protocol(epochs: int, ranks: int = 1) -> dict:
+    """RepDistiller's optimizer and schedule, with the milestones scaled when ``epochs`` != 240; the batch of 64 is
+    shared by the ranks of a ``torchrun`` launch."""
+    if GLOBAL_BATCH % ranks:
+        raise SystemExit(f"the protocol's batch of {GLOBAL_BATCH} cannot be split evenly over {ranks} processes")
     milestones = [round(e * epochs / 240) for e in (150, 180, 210)]
-    return dict(epochs=epochs, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4,
-                schedule="multistep", milestones=milestones, gamma=0.1)
+    return dict(epochs=epochs, batch_size=GLOBAL_BATCH // ranks, optimizer="sgd", lr=0.05, momentum=0.9,
+                weight_decay=5e-4, schedule="multistep", milestones=milestones, gamma=0.1)
 
 
 def save(path: Path, model: torch.nn.Module, result, extra: dict) -> None:
+    if not distributed.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path.with_suffix(".pt"))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
@@ -82,17 +95,22 @@ def main() -> None:
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (CUDA)")
     parser.add_argument("--root", default=None, help="where CIFAR-100 is (or is downloaded to)")
     parser.add_argument("--out", type=Path, default=OUT, help="results folder")
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last weights and batches")
     args = parser.parse_args()
 
+    device = distributed.setup() if args.device == "auto" else args.device  # torchrun: this rank's GPU
     teacher_name, student_name = PAIRS[args.pair]
-    dataset = data.cifar100(root=args.root, device=args.device, download=True, augment=True)
-    common = dict(**sgd_protocol(args.epochs), seed=args.seed, device=args.device, amp=args.amp)
+    dataset = data.cifar100(root=args.root, device=device, download=distributed.is_main(), augment=True)
+    common = dict(**sgd_protocol(args.epochs, distributed.world_size()), seed=args.seed, device=device, amp=args.amp,
+                  compile=args.compile, channels_last=args.channels_last)
     folder = args.out / args.pair
     teacher_path = folder / f"{teacher_name}_seed0"
     if args.role == "teacher":
         teacher = models.create(teacher_name, 100, seed=args.seed)
         result = fit(teacher, dataset, **common)
         save(folder / f"{teacher_name}_seed{args.seed}", teacher, result, dict(role="teacher"))
+        distributed.cleanup()
         return
     if not teacher_path.with_suffix(".pt").exists():
         raise SystemExit(f"no teacher at {teacher_path}.pt; run: python {__file__} teacher --pair {args.pair}")
@@ -107,6 +125,7 @@ def main() -> None:
         result = fit(student, dataset, **common)
     extra = dict(role="student", method=args.method, overrides=overrides)
     save(folder / f"{args.method}_seed{args.seed}", student, result, extra)
+    distributed.cleanup()
 
 
 if __name__ == "__main__":

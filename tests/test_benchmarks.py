@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,18 @@ def test_train_speed_smoke(tmp_path):
     assert isinstance(result["cpu_fit"]["goal_met"], bool)
     gpu = result["gpu"]
     assert gpu["ran"] is False or {"vs_peer", "bf16"} <= set(gpu)
+
+
+def test_cifar100_recipe_runs_under_torchrun(tmp_path):
+    # Two CPU processes (gloo): the global batch of 64 is split into 32 per rank, rank 0 alone writes the results.
+    write_cifar100(tmp_path / "cifar-100-python", n_train=8, n_test=4)
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "benchmarks" / "cifar100_recipe.py"), "teacher", "--pair", "resnet56-resnet20",
+               "--epochs", "1", "--root", str(tmp_path), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDLIB_PROGRESS": "0", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((out / "resnet56-resnet20" / "resnet56_seed0.json").read_text())
+    assert record["config"]["world_size"] == 2 and record["config"]["batch_size"] == 32
+    assert sorted(p.name for p in (out / "resnet56-resnet20").iterdir()) == ["resnet56_seed0.json", "resnet56_seed0.pt"]
