@@ -11,6 +11,7 @@ from torch import nn
 from kdlib import distributed
 from kdlib.data import Dataset, Split
 from kdlib.device import module_device
+from kdlib.sources import TorchData, as_source, split_batches
 
 __all__ = ["agreement", "autocast", "check_amp", "check_model_fits_data", "evaluate", "loss_and_accuracy", "predict"]
 
@@ -88,11 +89,9 @@ def evaluate(model: nn.Module, data: Any, *, batch_size: int = 1024, amp: str | 
     """Mean cross-entropy and top-1 accuracy of ``model`` on some data, ``{"loss", "accuracy", "n"}``.
 
     ``data``: a :class:`~kdlib.data.Split`, a :class:`~kdlib.data.Dataset` (its test split), a torch
-    Dataset or DataLoader of ``(input, label)`` pairs, or a :class:`~kdlib.sources.TorchData` (its ``eval``). Under ``torchrun`` each rank evaluates its share and the
-    result is that of the whole data, on every rank.
+    Dataset or DataLoader of ``(input, label)`` pairs, or a :class:`~kdlib.sources.TorchData` (its ``eval``).
+    Under ``torchrun`` each rank evaluates its share and the result is that of the whole data, on every rank.
     """
-    from kdlib.sources import TorchData, as_source, split_batches
-
     if isinstance(data, Dataset):
         data = data.test
     if isinstance(data, Split):
@@ -122,8 +121,6 @@ def check_model_fits_data(model: nn.Module, data: Any, *, role: str = "model") -
     classes the model outputs. Raises a ``ValueError`` that says how to fix a class-count mismatch; the model's
     own error for an input of the wrong shape is re-raised with the input shape named.
     """
-    from kdlib.sources import as_source
-
     source = as_source(data) if isinstance(data, Dataset) else data
     device = module_device(model)
     probe = source.sample(2)[0].to(device)

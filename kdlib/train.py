@@ -16,7 +16,6 @@ import numbers
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -26,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kdlib import distributed
+from kdlib.batchnorm import recalibrate_from_training_data, warn_if_batchnorm_collapsed
 from kdlib.data import UNLABELED, Batch
 from kdlib.device import DeviceLike, module_device, resolve
 from kdlib.evaluation import (  # noqa: F401  (predict, evaluate, agreement: re-exported, their historic home)
@@ -203,38 +203,6 @@ def _evaluate(model: nn.Module, source: Any, loop: _Loop, monitors: Sequence[Mon
     for monitor in monitors:
         record.update({name: float(value) for name, value in monitor(model).items()})
     return record
-
-
-def _warn_if_batchnorm_collapsed(model: nn.Module, record: Mapping[str, float]) -> None:
-    """A model that fits its training data but fails at test time, with BatchNorm, most likely has running
-    statistics that do not describe its weights (a low momentum, or the last epochs' weights moved fast)."""
-    from kdlib.prune.batchnorm import batchnorm_layers
-
-    norms = [m for _, m in batchnorm_layers(model)]
-    train, test = record.get("train_accuracy", math.nan), record.get("test_accuracy", math.nan)
-    if norms and train - test > 0.5:
-        momenta = sorted({m.momentum for m in norms}, key=lambda m: -1 if m is None else m)
-        warnings.warn(
-            f"test accuracy {test:.1%} is far below training accuracy {train:.1%} and the model has BatchNorm layers "
-            f"(momentum {momenta}): their running statistics may not describe the trained weights. Train with "
-            "fit(..., recalibrate_bn=True), or call kdlib.prune.recalibrate_batchnorm(model, training data).",
-            RuntimeWarning, stacklevel=3,
-        )
-
-
-def _recalibrate_batchnorm(model: nn.Module, source: Any, batch_size: int, seed: int, batches: int = 20) -> None:
-    """Re-estimate BatchNorm statistics from ``batches`` training batches (rank 0's, copied to every rank)."""
-    from kdlib.prune.batchnorm import (  # kdlib.prune builds on this module
-        batchnorm_layers,
-        recalibrate_batchnorm,
-    )
-
-    if not batchnorm_layers(model):
-        return
-    stream = source.stream(batch_size, torch.Generator().manual_seed(seed), seed)
-    inputs = torch.cat([stream.next().x for _ in range(min(batches, steps_per_epoch(source.num_train, batch_size, 1)))])
-    recalibrate_batchnorm(model, inputs, batches=batches, batch_size=batch_size, device=inputs.device)
-    distributed.broadcast_buffers(model)
 
 
 def fit(
@@ -460,7 +428,7 @@ def fit(
         if evaluating:
             guard.flush()
             if step == total_steps and recalibrate_bn:
-                _recalibrate_batchnorm(model, source, batch_size, seed)
+                recalibrate_from_training_data(model, source, batch_size, seed)
             record = {"epoch": round(step / per_epoch, 4), "step": step, "lr": opt.param_groups[0]["lr"]}
             loop.history.append(_evaluate(model, source, loop, monitors, amp, record))
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record.get('test_accuracy', math.nan):.3f}")
@@ -482,7 +450,7 @@ def _result(loop: _Loop, guard: NonFiniteGuard, model: nn.Module, total_steps: i
             config: dict[str, Any]) -> FitResult:
     history = loop.history
     if "test_accuracy" in history[-1]:
-        _warn_if_batchnorm_collapsed(model, history[-1])
+        warn_if_batchnorm_collapsed(model, history[-1])
         best = max(history, key=lambda r: r["test_accuracy"])
         best_accuracy, best_epoch, final = best["test_accuracy"], best["epoch"], history[-1]["test_accuracy"]
     else:

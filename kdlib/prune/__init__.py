@@ -1,12 +1,15 @@
 """Pruning: unstructured magnitude/random masks, schedules, lottery tickets, sensitivity, storage, and
 structured (channel) pruning that physically shrinks the model (:mod:`kdlib.prune.structured`, Torch-Pruning),
-and BatchNorm recalibration after pruning (:mod:`kdlib.prune.batchnorm`).
+and BatchNorm recalibration after pruning (:mod:`kdlib.batchnorm`).
 
 Masks are :mod:`torch.nn.utils.prune` masks, and every fine-tune runs through :func:`kdlib.train.fit` or
 :func:`kdlib.distill.distill`.
 """
 
+from kdlib.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from kdlib.prune.analysis import pick_sparsities, plot_sensitivity, sensitivity
 from kdlib.prune.lottery import lottery_ticket, rewind, save_rewind_point
+from kdlib.prune.plan import apply_plan, load_pruned, save_pruned
 from kdlib.prune.schedules import (
     agp_sparsity,
     fine_tune,
@@ -16,8 +19,18 @@ from kdlib.prune.schedules import (
     overall_sparsity,
     round_sparsities,
 )
-from kdlib.prune.analysis import pick_sparsities, plot_sensitivity, sensitivity
-from kdlib.prune.storage import decode_sparse, dense_state_dict, encode_sparse, storage_sizes
+from kdlib.prune.storage import (
+    decode_sparse,
+    dense_state_dict,
+    encode_sparse,
+    storage_sizes,
+)
+from kdlib.prune.structured import (
+    PruneResult,
+    channels,
+    prune_channels,
+    prune_conv_chain_l1,
+)
 from kdlib.prune.unstructured import (
     PRUNABLE_TYPES,
     check_sparsity,
@@ -30,10 +43,6 @@ from kdlib.prune.unstructured import (
     prune_random,
     sparsity_report,
 )
-
-from kdlib.prune.structured import PruneResult, channels, prune_channels, prune_conv_chain_l1
-from kdlib.prune.plan import apply_plan, load_pruned, save_pruned
-from kdlib.prune.batchnorm import batchnorm_layers, recalibrate_batchnorm
 
 __all__ = [
     "PRUNABLE_TYPES",

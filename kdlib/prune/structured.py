@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from kdlib.data import Dataset, Split
 from kdlib.profile import count_flops, count_parameters
+from kdlib.sources import as_source
 
 __all__ = ["PruneResult", "IMPORTANCES", "prune_channels", "prune_conv_chain_l1", "channels"]
 
@@ -135,10 +136,6 @@ def _as_batch(data: Split | Dataset | tuple[torch.Tensor, torch.Tensor]) -> tupl
         return data.inputs, data.y
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return data[0], data[1]
-    from kdlib.sources import (
-        as_source,  # a torch dataset or DataLoader: a seeded random sample of its training data
-    )
-
     try:
         return as_source(data).sample(TAYLOR_SAMPLES)
     except TypeError:

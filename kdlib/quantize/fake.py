@@ -33,6 +33,7 @@ from kdlib.data import Dataset, Split
 from kdlib.device import module_device
 from kdlib.quantize.affine import check_bits, fake_quantize
 from kdlib.quantize.observers import OBSERVERS, Observer, make_observer
+from kdlib.sources import as_source
 
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 FLOAT_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
@@ -275,10 +276,6 @@ def calibration_batches(data: Any, batches: int, batch_size: int) -> list[torch.
     if isinstance(data, Dataset):
         data = data.train
     elif not isinstance(data, (Split, torch.Tensor)):
-        from kdlib.sources import (
-            as_source,  # a torch dataset or DataLoader: a seeded random sample of it
-        )
-
         data = as_source(data).sample(max(batches, 0) * max(batch_size, 0))[0]
     n = len(data)
     if n == 0 or batches < 1 or batch_size < 1:

@@ -1,25 +1,13 @@
-"""What :func:`kdlib.train.fit` trains and evaluates on: kdlib's device tensors or any PyTorch dataset.
+"""Any map-style PyTorch dataset, or a DataLoader over one, as :func:`kdlib.train.fit` reads it.
 
-Two kinds of data reach the one training loop through the same small interface (:class:`TensorSource`,
-:class:`LoaderSource`):
-
-* a :class:`kdlib.data.Dataset`, the fast path: the splits live on the training device and a batch is an
-  index into them (no workers, no copies; augmentation runs on the device);
-* any map-style :class:`torch.utils.data.Dataset` returning ``(input, label)``, or a
-  :class:`~torch.utils.data.DataLoader` over one, or a :class:`TorchData` naming both splits: batches come
-  from a DataLoader with the user's workers, ``collate_fn`` and per-sample transforms (torchvision's, v2
-  included), copied to the device and optionally normalized there (:class:`Normalize`, for ``uint8`` images).
-
-Both draw a seeded order per epoch and, under ``torchrun``, give each rank a disjoint slice of every global
-batch (:func:`epoch_order`), evaluate each rank's share of the evaluation data and sum the counts over ranks.
-Every batch carries the indices of its samples (:class:`IndexedDataset` adds them to a torch dataset), which is
-what a cached teacher looks up.
+kdlib keeps the user's dataset, batch size, workers and ``collate_fn`` and draws the order itself with a sampler
+it controls (:class:`_ShardSampler`): seeded per epoch, resumable in the middle of an epoch, and split across
+ranks like the in-memory fast path. Every sample carries its index (:class:`IndexedDataset`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +17,16 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler, default_colla
 from torch.utils.data import Dataset as TorchDataset
 
 from kdlib import distributed
-from kdlib.data import UNLABELED, Batch, Dataset, Split
+from kdlib.data import UNLABELED, Batch
 from kdlib.data.tensors import normalize_
+from kdlib.sources.shards import (
+    DEFAULT_EVAL_BATCH,
+    epoch_order,
+    eval_share,
+    rank_slice,
+    steps_per_epoch,
+)
 
-__all__ = ["IndexedDataset", "LoaderSource", "Normalize", "TensorSource", "TorchData", "as_source", "epoch_order"]
-
-DEFAULT_EVAL_BATCH = 1024
 _LOADER_SETTINGS = ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn",
                     "multiprocessing_context", "prefetch_factor", "persistent_workers")
 
@@ -96,202 +88,6 @@ class TorchData:
     num_classes: int | None = None
     device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     name: str | None = None
-
-
-def _is_torch_data(value: object) -> bool:
-    return isinstance(value, (TorchDataset, DataLoader)) and not isinstance(value, Dataset)
-
-
-def as_source(data: object, eval_data: object = None) -> TensorSource | LoaderSource:
-    """The source :func:`~kdlib.train.fit` reads: from a kdlib Dataset, a TorchData, or a torch Dataset/DataLoader.
-
-    ``eval_data`` replaces the evaluation data: a kdlib :class:`~kdlib.data.Split` (a validation split, say) for
-    a kdlib Dataset, a torch dataset or DataLoader otherwise.
-    """
-    if isinstance(data, (TensorSource, LoaderSource)):
-        if eval_data is not None:
-            raise TypeError("eval_data cannot be given with a source that already has its evaluation data")
-        return data
-    if isinstance(data, Dataset):
-        if eval_data is not None and not isinstance(eval_data, Split):
-            raise TypeError(f"eval_data for a kdlib Dataset must be a kdlib.data.Split, got {type(eval_data).__name__}")
-        return TensorSource(data, eval_data if eval_data is not None else data.test)
-    if _is_torch_data(data):
-        if eval_data is not None and not _is_torch_data(eval_data):
-            raise TypeError(f"eval_data must be a torch Dataset or DataLoader, got {type(eval_data).__name__}")
-        data = TorchData(data, eval_data)
-    elif isinstance(data, TorchData):
-        if eval_data is not None:
-            raise TypeError("give the evaluation data as TorchData(eval=...), not also as eval_data=")
-    else:
-        raise TypeError(
-            f"data must be a kdlib.data.Dataset, a torch Dataset or DataLoader, or a kdlib.sources.TorchData; got "
-            f"{type(data).__name__}"
-        )
-    return LoaderSource(data)
-
-
-# ------------------------------------------------------------------------------------------ order and shards
-
-
-def epoch_order(n: int, world: int, generator: torch.Generator) -> torch.Tensor:
-    """One epoch's random order of ``n`` samples, padded with its first samples to a multiple of ``world`` so that
-    every rank takes the same number of steps (as :class:`~torch.utils.data.DistributedSampler` pads)."""
-    order = torch.randperm(n, generator=generator, device=generator.device)
-    pad = (-n) % world
-    return torch.cat([order, order[:pad]]) if pad else order
-
-
-def rank_slice(global_batch: torch.Tensor, world: int, rank: int) -> torch.Tensor:
-    """This rank's equal share of a global batch (its length is a multiple of ``world``)."""
-    per = global_batch.shape[0] // world
-    return global_batch[rank * per : (rank + 1) * per]
-
-
-def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
-    """Optimizer steps in one epoch when each of ``world`` ranks takes ``batch_size`` samples per step."""
-    return math.ceil((n + (-n) % world) / (batch_size * world))
-
-
-def _eval_share(n: int) -> range:
-    """This rank's contiguous share of ``n`` evaluation samples (the shares of all ranks cover each sample once)."""
-    world, rank = distributed.world_size(), distributed.rank()
-    per = math.ceil(n / world)
-    return range(min(rank * per, n), min((rank + 1) * per, n))
-
-
-def split_batches(split: Split, batch_size: int = DEFAULT_EVAL_BATCH) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(inputs, labels)`` of this rank's share of ``split`` in order, ``batch_size`` at a time (for evaluation)."""
-    share = _eval_share(len(split))
-    for start in range(share.start, share.stop, batch_size):
-        stop = min(start + batch_size, share.stop)
-        yield split.take(slice(start, stop)), split.y[start:stop]
-
-
-def _sample_digest(*tensors: torch.Tensor, rows: int = 256) -> str:
-    """A cheap fingerprint of tensors: shapes, dtypes and ``rows`` evenly spaced rows of each (not all of it)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        if t.shape[0]:
-            pick = torch.linspace(0, t.shape[0] - 1, min(rows, t.shape[0])).long().to(t.device)
-            h.update(t[pick].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------------ kdlib tensors
-
-
-class TensorStream:
-    """Training batches of a device-resident split, epoch after epoch; resumable in the middle of an epoch.
-
-    One process draws exactly what ``kdlib.data.batches(split, batch_size, shuffle=True, generator=g, augment=a)``
-    draws epoch after epoch. Under ``torchrun`` every rank draws the same permutation (same seed) and takes its
-    slice of each global batch of ``world × batch_size`` samples. The state is the generator's, the epoch's
-    order and the position in it.
-    """
-
-    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, augment: Any) -> None:
-        self.split, self.batch_size, self.generator, self.augment = split, batch_size, generator, augment
-        self.world, self.rank = distributed.world_size(), distributed.rank()
-        self.order: torch.Tensor | None = None
-        self.pos = 0
-
-    def next(self) -> Batch:
-        if self.order is None or self.pos >= self.order.shape[0]:
-            self.order, self.pos = epoch_order(len(self.split), self.world, self.generator).to(self.split.device), 0
-        step = self.batch_size * self.world
-        index = rank_slice(self.order[self.pos : self.pos + step], self.world, self.rank)
-        self.pos += step
-        x = self.split.take(index)
-        if self.augment is not None:
-            x = self.augment(x, self.generator)
-        return Batch(x, self.split.y[index], index)
-
-    def state_dict(self) -> dict[str, Any]:
-        order = None if self.order is None else self.order.cpu()
-        return {"generator": self.generator.get_state(), "order": order, "pos": int(self.pos)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.order = None if state["order"] is None else state["order"].to(self.split.device)
-        self.pos = int(state["pos"])
-
-
-class TensorSource:
-    """A :class:`kdlib.data.Dataset` (and the split to evaluate on) as :func:`~kdlib.train.fit` reads it."""
-
-    def __init__(self, data: Dataset, eval_split: Split) -> None:
-        self.data, self.eval_split = data, eval_split
-        self.name, self.num_classes, self.augments = data.name, data.num_classes, data.augment is not None
-        self.num_train = len(data.train)
-
-    def to(self, device: torch.device) -> TensorSource:
-        return TensorSource(self.data.to(device), self.eval_split.to(device))
-
-    def default_batch_size(self) -> int | None:
-        return None
-
-    def stream(self, batch_size: int, generator: torch.Generator, seed: int) -> TensorStream:
-        return TensorStream(self.data.train, batch_size, generator, self.data.augment)
-
-    def eval_batches(self, batch_size: int = DEFAULT_EVAL_BATCH) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return split_batches(self.eval_split, batch_size)
-
-    def sample(self, n: int, *, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and labels of ``n`` training (or evaluation) samples: the first ``n`` (kdlib's splits come in a
-        random order)."""
-        split = self.data.train if train else self.eval_split
-        return split.take(slice(0, n)), split.y[:n]
-
-    def ordered_train(self, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``(inputs, indices)`` of the whole un-augmented training split in order (what fills a teacher cache)."""
-        split = self.data.train
-        for start in range(0, len(split), batch_size):
-            stop = min(start + batch_size, len(split))
-            yield split.take(slice(start, stop)), torch.arange(start, stop, device=split.device)
-
-    def check_static(self) -> None:
-        """Raise when training inputs change between epochs (augmentation), which a teacher cache cannot follow."""
-        if self.augments:
-            raise ValueError(f"{self.name} augments its training inputs, so a teacher cache would not match them")
-
-    def has_eval(self) -> bool:
-        return len(self.eval_split) > 0
-
-    def check_labels(self, ce_weight: float) -> bool:
-        """Check label ranges; return whether the training split holds :data:`~kdlib.data.UNLABELED` inputs."""
-        checked = (("train", self.data.train), ("test" if self.eval_split is self.data.test else "evaluation", self.eval_split))
-        for name, split in checked:
-            if len(split) == 0:
-                if name == "train":
-                    raise ValueError(f"the train split of {self.name} is empty")
-                continue
-            if name != "train" and bool((split.y == UNLABELED).any()):
-                raise ValueError(f"the {name} split of {self.name} has unlabeled samples; only training may")
-            labeled = split.y[split.y != UNLABELED]
-            if labeled.numel() == 0:
-                if ce_weight > 0:
-                    raise ValueError(f"the train split of {self.name} has no labels; train with ce_weight=0 (alpha=1)")
-                continue
-            low, high = int(labeled.min()), int(labeled.max())
-            if low < 0 or high >= self.num_classes:
-                raise ValueError(
-                    f"{name} labels of {self.name} lie in [{low}, {high}] but num_classes is {self.num_classes}"
-                )
-        return bool((self.data.train.y == UNLABELED).any())
-
-    def fingerprint(self) -> dict[str, Any]:
-        train, test = self.data.train, self.eval_split
-        return {
-            "data": f"{self.name}: {len(train)} train / {len(test)} evaluation samples of shape "
-            f"{self.data.input_shape}, {self.num_classes} classes",
-            "data_contents": _sample_digest(train.x, train.y, test.x, test.y),
-            "normalization": [train.mean, train.std, test.mean, test.std],
-        }
-
-
-# ------------------------------------------------------------------------------------------ torch datasets
 
 
 class _ShardSampler(Sampler[int]):
@@ -437,7 +233,7 @@ class LoaderSource:
     def eval_batches(self, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.eval is None:
             return
-        loader = self._loader(self.eval, _eval_share(len(self.eval)), batch_size or self.eval_batch_size,
+        loader = self._loader(self.eval, eval_share(len(self.eval)), batch_size or self.eval_batch_size,
                               self.eval_settings)
         for x, y, index in loader:
             batch = self.to_batch(x, y, index)
