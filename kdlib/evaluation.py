@@ -77,8 +77,9 @@ def loss_and_accuracy(model: nn.Module, batches: Any, *, amp: str | None = None)
         for x, y in batches:
             logits = model(x.to(device)).float()
             y = y.to(device)
-            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-            totals += torch.stack([loss, (logits.argmax(1) == y).sum(), torch.tensor(y.shape[0], device=device)]).to(totals.dtype)
+            totals[0] += nn.functional.cross_entropy(logits, y, reduction="sum").to(totals.dtype)
+            totals[1] += (logits.argmax(1) == y).sum().to(totals.dtype)
+            totals[2] += y.shape[0]  # a Python number: no copy to the device
     loss_sum, correct, n = distributed.all_reduce_sum(totals).tolist()
     if n == 0:
         raise ValueError("there is nothing to evaluate on: the evaluation data is empty")
