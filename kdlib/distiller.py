@@ -104,7 +104,7 @@ class _TeacherStep:
         if batch is not self._batch:
             if self.cache is not None:
                 index, cache, device = batch.index, self.cache, student_logits.device
-                features = {name: f[index.to(f.device)] for name, f in self.features.items()}
+                features = {name: f[index.to(f.device, non_blocking=True)] for name, f in self.features.items()}
                 self._outputs = cache.logits(index, device), features, lambda t: cache.log_probs(index, t, device)
             else:
                 self._outputs = (*self.run(batch.x), None)

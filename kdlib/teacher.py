@@ -209,7 +209,7 @@ class TeacherCache:
         if self._values is None:
             raise RuntimeError("the teacher cache is empty: fill() it first")
         if isinstance(self._values, torch.Tensor):
-            rows = index.to(self._values.device)
+            rows = index.to(self._values.device, non_blocking=True)  # a loader pins it: no stall
             values = self._values[rows]
             classes = self._index[rows] if self._index is not None else None
         else:
@@ -225,7 +225,7 @@ class TeacherCache:
         if isinstance(self._values, torch.Tensor) and self._index is None:
             if temperature not in self._log_probs:
                 self._log_probs[temperature] = teacher_log_probs(self._values, temperature)
-            return self._log_probs[temperature][index.to(self._values.device)].to(device)
+            return self._log_probs[temperature][index.to(self._values.device, non_blocking=True)].to(device)
         return teacher_log_probs(self.logits(index, device), temperature)
 
     def nbytes(self) -> int:
