@@ -178,9 +178,9 @@ def _batch_size(source: Any, batch_size: int | None) -> int:
 def _backward(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
               params: list[nn.Parameter], term_params: list[nn.Parameter], grad_clip: float | None,
               norm_wanted: bool) -> torch.Tensor | None:
-    """Gradients of ``loss`` (unscaled under fp16), averaged over ranks, clipped; returns their norm before clipping
-    when clipping computed it or ``norm_wanted`` (``None`` otherwise: on small models the norm costs as much as a
-    third of the optimizer step)."""
+    """Gradients of ``loss`` (unscaled under fp16), averaged over ranks, and those of ``params`` (all trainable
+    ones) clipped; returns their norm before clipping when clipping computed it or ``norm_wanted`` (``None``
+    otherwise: on small models the norm costs as much as a third of the optimizer step)."""
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -363,9 +363,10 @@ def fit(
             term.start(total_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     term_params = [p for t in term_modules for p in t.parameters() if p.requires_grad]
-    if not params + term_params:
+    trainable = params + term_params  # clipped and measured together, as one model
+    if not trainable:
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
-    opt = make_optimizer(optimizer, params + term_params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    opt = make_optimizer(optimizer, trainable, lr=lr, weight_decay=weight_decay, momentum=momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, total_steps, per_epoch, milestones, gamma))
     scaler = torch.amp.GradScaler(dev.type) if amp == "fp16" else None
     parts = _Parts(model, opt, sched, scaler, term_modules)
@@ -408,7 +409,7 @@ def fit(
         problem = guard.loss_problem(step, loss, [ce, *term_values])
         if problem is None:
             measure = on_nonfinite == "rollback" or step % grad_norm_every == 0 or evaluating
-            norm = _backward(loss, opt, scaler, params, term_params, grad_clip, measure)
+            norm = _backward(loss, opt, scaler, trainable, term_params, grad_clip, measure)
             problem = guard.gradient_problem(step, norm, loss) if scaler is None else None
         if problem is not None:
             guard.handle(step, problem, sched)

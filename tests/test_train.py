@@ -377,3 +377,25 @@ def test_device_auto_is_the_default_and_keeps_the_model_where_it_is():
     assert training_device(model, "auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert training_device(model, None) == torch.device("cpu")
     assert fit(mlp(), blobs(), epochs=1).config["device"] == str(training_device(model, "auto"))
+
+
+def test_clipping_covers_the_loss_terms_parameters_too():
+    from torch import nn
+
+    class Shift(nn.Module):  # a loss term with a parameter of its own (like a FitNets adapter)
+        name, weight = "shift", 1.0
+
+        def __init__(self):
+            super().__init__()
+            self.b = nn.Parameter(torch.zeros(3))
+
+        def forward(self, batch, logits):
+            return ((logits + self.b - 10.0) ** 2).mean()
+
+    model, term = mlp(), Shift()
+    before = [p.detach().clone() for p in [*model.parameters(), *term.parameters()]]
+    fit(model, blobs(), steps=1, batch_size=16, optimizer="sgd", momentum=0.0, lr=1.0, grad_clip=1e-3,
+        loss_terms=[term], schedule="constant")
+    after = [p.detach() for p in [*model.parameters(), *term.parameters()]]
+    moved = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(a - b) for a, b in zip(after, before)]))
+    assert float(term.b.detach().abs().sum()) > 0 and float(moved) <= 1e-3 * (1 + 1e-4)
