@@ -34,11 +34,21 @@ def load(out: Path, rank: int) -> dict:
     return torch.load(out / f"rank{rank}.pt", weights_only=False)
 
 
+@pytest.fixture(scope="module")
+def ddp_tensors_run(tmp_path_factory) -> Path:
+    """One uninterrupted 2-rank run on kdlib tensors, shared by the equivalence and the resume tests."""
+    out = tmp_path_factory.mktemp("ddp_tensors")
+    launch(out, "tensors", batch=8, procs=2)
+    return out
+
+
 @pytest.mark.parametrize("kind", ["tensors", "loader"])
-def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, kind):
-    launch(tmp_path / "ddp", kind, batch=8, procs=2)
+def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, kind, request):
+    ddp = request.getfixturevalue("ddp_tensors_run") if kind == "tensors" else tmp_path / "ddp"
+    if kind == "loader":
+        launch(ddp, kind, batch=8, procs=2)
     launch(tmp_path / "single", kind, batch=16, procs=1)
-    r0, r1, single = load(tmp_path / "ddp", 0), load(tmp_path / "ddp", 1), load(tmp_path / "single", 0)
+    r0, r1, single = load(ddp, 0), load(ddp, 1), load(tmp_path / "single", 0)
     for name, value in r0["state"].items():
         assert torch.equal(value, r1["state"][name]), f"{name} differs between the ranks"
         torch.testing.assert_close(value, single["state"][name], rtol=1e-5, atol=1e-6)
@@ -48,19 +58,18 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, kind):
         assert sorted(a + b) == sorted(both), "together the ranks did not see the one-process batch"
     # evaluation is sharded and summed: every rank reports the accuracy of the whole test split
     assert [r["test_accuracy"] for r in r0["history"]] == [r["test_accuracy"] for r in r1["history"]]
-    for ddp, one in zip(r0["history"], single["history"]):
-        assert ddp["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1e-9)
-        assert ddp["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+    for two, one in zip(r0["history"], single["history"]):
+        assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1e-9)
+        assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
     # one checkpoint, written by rank 0 only (the write is atomic: no temporary files are left behind)
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["ckpt.pt", "ckpt.pt.sha256", "rank0.pt", "rank1.pt"]
+    assert sorted(p.name for p in ddp.iterdir()) == ["ckpt.pt", "ckpt.pt.sha256", "rank0.pt", "rank1.pt"]
 
 
-def test_resume_under_ddp_continues_the_interrupted_run(tmp_path):
-    launch(tmp_path / "whole", "tensors", batch=8, procs=2)
+def test_resume_under_ddp_continues_the_interrupted_run(tmp_path, ddp_tensors_run):
     launch(tmp_path / "cut", "tensors", batch=8, procs=2, stop_at=8)  # dies after epoch 1's checkpoint (step 6)
     assert (tmp_path / "cut" / "ckpt.pt").exists() and not (tmp_path / "cut" / "rank0.pt").exists()
     launch(tmp_path / "cut", "tensors", batch=8, procs=2)
-    whole, resumed = load(tmp_path / "whole", 0), load(tmp_path / "cut", 0)
+    whole, resumed = load(ddp_tensors_run, 0), load(tmp_path / "cut", 0)
     assert resumed["resumed_from"] == 6
     for name, value in whole["state"].items():
         assert torch.equal(value, resumed["state"][name]), f"{name} differs after resuming"
