@@ -8,6 +8,7 @@ live in their own modules and are all importable from here:
 * :mod:`kdlib.losses.relation`: similarity-preserving, RKD distance and angle, PKT.
 * :mod:`kdlib.losses.contrastive`: CRD with a memory bank or a bounded queue.
 * :mod:`kdlib.losses.targets`: KD from a virtual teacher (Tf-KD) and from a weighted teacher ensemble.
+* :mod:`kdlib.losses.sequence`: token-level forward and reverse KL, generalized JSD and skew KL for sequence models.
 * :mod:`kdlib.losses.checks`: the shared input checks.
 """
 
@@ -16,8 +17,10 @@ from kdlib.losses.contrastive import *  # noqa: F403
 from kdlib.losses.feature import *  # noqa: F403
 from kdlib.losses.logit import *  # noqa: F403
 from kdlib.losses.relation import *  # noqa: F403
+from kdlib.losses.sequence import *  # noqa: F403
 from kdlib.losses.targets import *  # noqa: F403
 
-from kdlib.losses import checks, contrastive, feature, logit, relation, targets
+from kdlib.losses import checks, contrastive, feature, logit, relation, sequence, targets
 
-__all__ = [*checks.__all__, *logit.__all__, *feature.__all__, *relation.__all__, *contrastive.__all__, *targets.__all__]
+__all__ = [*checks.__all__, *logit.__all__, *feature.__all__, *relation.__all__, *contrastive.__all__, *targets.__all__,
+           *sequence.__all__]
