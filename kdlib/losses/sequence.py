@@ -148,8 +148,10 @@ def token_skew_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
 
     .. math::
 
-        \mathrm{SKL}^{(\alpha)} = \mathrm{KL}\big(p \,\|\, \alpha p + (1-\alpha) q\big), \qquad
-        \mathrm{SRKL}^{(\alpha)} = \mathrm{KL}\big(q \,\|\, (1-\alpha) p + \alpha q\big)\ (\texttt{reverse=True}).
+        \begin{aligned}
+        \mathrm{SKL}^{(\alpha)} &= \mathrm{KL}\big(p \,\|\, \alpha p + (1-\alpha) q\big), \\
+        \mathrm{SRKL}^{(\alpha)} &= \mathrm{KL}\big(q \,\|\, (1-\alpha) p + \alpha q\big) \quad (\texttt{reverse=True}).
+        \end{aligned}
 
     Mixing a share :math:`\alpha` of the first distribution into the second keeps the log-ratio bounded by
     :math:`\log(1/\alpha)`; :math:`\alpha = 0` gives the forward (or reverse) KL.
