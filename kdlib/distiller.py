@@ -241,8 +241,7 @@ class Distiller:
         student.eval()
         try:
             with torch.no_grad():
-                x = source.sample(4)[0]
-                y = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+                x, y = source.sample(4)
                 batch = Batch(x, y, torch.arange(x.shape[0], device=x.device))
                 out = step.outputs(batch, student(x))
                 for term in self.terms:
@@ -262,6 +261,10 @@ class Distiller:
         if choice is False:
             return None
         requested = choice is True or isinstance(choice, TeacherCache)
+        if source.sample(1)[1].dim() == 2:  # targets per position: a sequence model's (length, vocabulary) outputs
+            if requested:
+                raise ValueError("caching a sequence teacher's outputs is not supported yet; use cache_teacher=None")
+            return None
         if source.augments or (source.augments is None and not requested):
             if requested:
                 raise ValueError(

@@ -9,11 +9,14 @@ import torch
 from torch import nn
 
 from kdlib import distributed
-from kdlib.data import Dataset, Split
+from kdlib.data import UNLABELED, Dataset, Split
 from kdlib.device import module_device
 from kdlib.sources import TorchData, as_source, split_batches
 
-__all__ = ["agreement", "autocast", "check_amp", "check_model_fits_data", "evaluate", "loss_and_accuracy", "predict"]
+__all__ = [
+    "agreement", "autocast", "check_amp", "check_model_fits_data", "evaluate", "flat_outputs", "loss_and_accuracy",
+    "predict",
+]
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -27,6 +30,15 @@ def check_amp(amp: str | None, device: torch.device) -> str | None:
     if amp == "fp16" and device.type != "cuda":
         raise ValueError(f"amp='fp16' needs a CUDA device (got {device}); use amp='bf16' or amp=None")
     return amp
+
+
+def flat_outputs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sequence model's logits ``(N, L, V)`` and targets ``(N, L)`` as ``(N·L, V)`` and ``(N·L,)``: every position is
+    one classification (positions labeled :data:`~kdlib.data.UNLABELED` are skipped downstream); a classifier's
+    ``(N, C)`` and ``(N,)`` pass unchanged."""
+    if logits.dim() == 3:
+        return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    return logits, targets
 
 
 def autocast(device: torch.device, amp: str | None):
@@ -75,8 +87,14 @@ def loss_and_accuracy(model: nn.Module, batches: Any, *, amp: str | None = None)
     totals = torch.zeros(3, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
     with _EvalMode(model), autocast(device, check_amp(amp, device)):
         for x, y in batches:
-            logits = model(x.to(device)).float()
-            y = y.to(device)
+            raw = model(x.to(device)).float()
+            logits, y = flat_outputs(raw, y.to(device))
+            if raw.dim() == 3:  # a sequence model: only the positions with a target are scored
+                kept = y != UNLABELED
+                totals[0] += nn.functional.cross_entropy(logits, y, reduction="sum", ignore_index=UNLABELED).to(totals.dtype)
+                totals[1] += ((logits.argmax(1) == y) & kept).sum().to(totals.dtype)
+                totals[2] += kept.sum().to(totals.dtype)
+                continue
             totals[0] += nn.functional.cross_entropy(logits, y, reduction="sum").to(totals.dtype)
             totals[1] += (logits.argmax(1) == y).sum().to(totals.dtype)
             totals[2] += y.shape[0]  # a Python number: no copy to the device
@@ -137,12 +155,16 @@ def check_model_fits_data(model: nn.Module, data: Any, *, role: str = "model") -
         ) from err
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != probe.shape[0]:
+    sequence = isinstance(out, torch.Tensor) and out.dim() == 3 and out.shape[:2] == probe.shape[:2]
+    if not isinstance(out, torch.Tensor) or not (out.dim() == 2 or sequence) or out.shape[0] != probe.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{role} must return logits of shape (batch, classes); for 2 inputs it returned {shape}")
-    if source.num_classes is not None and out.shape[1] != source.num_classes:
         raise ValueError(
-            f"{role} outputs {out.shape[1]} classes but {source.name} has {source.num_classes}; "
+            f"{role} must return logits of shape (batch, classes), or (batch, length, vocabulary) for token inputs "
+            f"(batch, length); for inputs {tuple(probe.shape)} it returned {shape}"
+        )
+    if source.num_classes is not None and out.shape[-1] != source.num_classes:
+        raise ValueError(
+            f"{role} outputs {out.shape[-1]} classes but {source.name} has {source.num_classes}; "
             f"create it with num_classes={source.num_classes}"
         )
-    return int(out.shape[1])
+    return int(out.shape[-1])

@@ -36,9 +36,9 @@ DEFAULT_SAMPLES = 1000
 
 def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean over samples of :math:`\\mathrm{KL}(p_t \\| p_s)` at :math:`T = 1`, in nats (a 0-dim tensor)."""
-    log_p_t = torch.log_softmax(teacher_logits.float(), dim=1)
-    log_p_s = torch.log_softmax(student_logits.float(), dim=1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()
+    log_p_t = torch.log_softmax(teacher_logits.float(), dim=-1)  # (N, C), or (N, L, V): every position counts
+    log_p_s = torch.log_softmax(student_logits.float(), dim=-1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean()
 
 
 class Fidelity:
@@ -66,7 +66,7 @@ class Fidelity:
         for name, x in self.inputs.items():
             s = predict(model, x, batch_size=self.batch_size)
             t = self.teacher_logits[name].to(s.device)
-            out[f"fidelity/{name}_agreement"] = float((s.argmax(1) == t.argmax(1)).float().mean())
+            out[f"fidelity/{name}_agreement"] = float((s.argmax(-1) == t.argmax(-1)).float().mean())
             out[f"fidelity/{name}_kl"] = float(kl_teacher_student(s, t))
         return out
 

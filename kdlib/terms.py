@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kdlib.data import Batch
+from kdlib.data import UNLABELED, Batch
 from kdlib.losses import check_temperature, kd_loss_from_log_probs, teacher_log_probs
 
 if TYPE_CHECKING:
     from kdlib.distiller import _TeacherStep
     from kdlib.losses.contrastive import CRDLoss
 
-__all__ = ["CRDTerm", "FeatureTerm", "KDLogitTerm", "LogitTerm", "StepOutputs", "Term", "make_adapter"]
+__all__ = ["CRDTerm", "FeatureTerm", "KDLogitTerm", "LogitTerm", "StepOutputs", "Term", "TokenTerm", "make_adapter"]
 
 Shape = tuple[int, ...]
 
@@ -161,6 +161,25 @@ class KDLogitTerm(Term):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, temperature={self.temperature:g}"
+
+
+class TokenTerm(Term):
+    """A token-level loss of two sequence models, ``loss_fn(student_logits, teacher_logits, mask, **kwargs)`` on
+    ``(batch, length, vocabulary)`` logits, the mask being the positions that have a target (not
+    :data:`~kdlib.data.UNLABELED`): :func:`~kdlib.losses.token_forward_kl` (word-level KD),
+    :func:`~kdlib.losses.token_reverse_kl`, :func:`~kdlib.losses.token_generalized_jsd`,
+    :func:`~kdlib.losses.token_skew_kl`.
+    """
+
+    def __init__(self, loss_fn: Callable[..., torch.Tensor], *, weight: float = 1.0, name: str | None = None,
+                 warmup: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(weight=weight, name=name or loss_fn.__name__.removeprefix("token_"), warmup=warmup)
+        self.loss_fn = loss_fn
+        self.kwargs = kwargs
+
+    def compute(self, out: StepOutputs) -> torch.Tensor:
+        mask = out.batch.y != UNLABELED
+        return self.loss_fn(out.student_logits, out.teacher_logits, mask, **self.kwargs)
 
 
 class FeatureTerm(Term):

@@ -34,6 +34,7 @@ from kdlib.evaluation import (  # noqa: F401  (predict, evaluate, agreement: re-
     check_amp,
     check_model_fits_data,
     evaluate,
+    flat_outputs,
     loss_and_accuracy,
     predict,
 )
@@ -401,7 +402,8 @@ def fit(
         x = batch.x.contiguous(memory_format=torch.channels_last) if channels_last and batch.x.dim() == 4 else batch.x
         with autocast(dev, amp):
             logits = net(x)
-            ce = cross_entropy(logits, batch.y, label_smoothing, ignore) if ce_weight > 0 else logits.new_zeros(())
+            flat, targets = flat_outputs(logits, batch.y)  # a sequence model's (N, L, V): one row per position
+            ce = cross_entropy(flat, targets, label_smoothing, ignore) if ce_weight > 0 else logits.new_zeros(())
             term_values = [term(batch, logits) for term in loss_terms]
             loss = ce.float() if ce_weight == 1.0 else ce_weight * ce.float()
             for term, value in zip(loss_terms, term_values):
@@ -423,7 +425,7 @@ def fit(
                 opt.step()
             sched.step()
             guard.consecutive = 0
-            loop.running.add(loss, logits.detach(), batch.y, term_values)
+            loop.running.add(loss, flat.detach(), targets, term_values)
         loop.train_seconds += time.perf_counter() - start
         bar.update(1)
         if evaluating:

@@ -625,7 +625,7 @@ def test_split_validation() -> None:
     with pytest.raises(ValueError, match="must match"):
         Split(torch.zeros(3, 2), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"y must be \(N,\)"):
-        Split(torch.zeros(3, 2), torch.zeros(3, 1, dtype=torch.int64))
+        Split(torch.zeros(3, 2), torch.zeros(3, 1, 1, dtype=torch.int64))
     with pytest.raises(TypeError, match="floating-point"):
         Split(torch.zeros(3, 2, dtype=torch.int32), torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="uint8 inputs need mean and std"):

@@ -70,6 +70,9 @@ class Split:
     :attr:`inputs`, which work for both; ``x`` is the stored tensor.
 
     A label may be :data:`UNLABELED` (-1) in a training split (see :func:`with_unlabeled`).
+
+    For sequence models ``x`` holds int64 token ids ``(N, L)`` and ``y`` the target of every position ``(N, L)``,
+    :data:`UNLABELED` where a position is not scored (padding, the prompt), in training and evaluation splits alike.
     """
 
     x: torch.Tensor
@@ -80,9 +83,9 @@ class Split:
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
             raise TypeError(f"x and y must be tensors, got {type(self.x).__name__} and {type(self.y).__name__}")
-        if self.x.ndim < 1 or self.y.ndim != 1:
+        if self.x.ndim < 1 or self.y.ndim not in (1, 2):
             shapes = f"{tuple(self.x.shape)} and {tuple(self.y.shape)}"
-            raise ValueError(f"x must be (N, ...) and y must be (N,), got {shapes}")
+            raise ValueError(f"x must be (N, ...) and y must be (N,) (or (N, L) for sequences), got {shapes}")
         if self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"x has {self.x.shape[0]} samples but y has {self.y.shape[0]}; they must match")
         if self.y.dtype != torch.int64:
@@ -91,8 +94,12 @@ class Split:
             raise ValueError(f"x is on {self.x.device} but y is on {self.y.device}; they must share a device")
         if self.x.dtype == torch.uint8:
             self._check_uint8()
+        elif self.x.dtype == torch.int64 and self.mean is None and self.std is None:
+            pass  # token ids of a sequence model, used as they are
         elif not self.x.is_floating_point():
-            raise TypeError(f"inputs must be a floating-point tensor (or uint8 pixels), got {self.x.dtype}")
+            raise TypeError(
+                f"inputs must be a floating-point tensor (or uint8 pixels, or int64 token ids), got {self.x.dtype}"
+            )
         elif self.mean is not None or self.std is not None:
             raise ValueError(
                 "mean/std are only for uint8 inputs, which are normalized per batch; float inputs are used as "

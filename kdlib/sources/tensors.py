@@ -103,7 +103,7 @@ class TensorSource:
                 if name == "train":
                     raise ValueError(f"the train split of {self.name} is empty")
                 continue
-            if name != "train" and bool((split.y == UNLABELED).any()):
+            if name != "train" and split.y.dim() == 1 and bool((split.y == UNLABELED).any()):
                 raise ValueError(f"the {name} split of {self.name} has unlabeled samples; only training may")
             labeled = split.y[split.y != UNLABELED]
             if labeled.numel() == 0:
