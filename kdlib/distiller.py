@@ -195,7 +195,8 @@ class Distiller:
         classes = check_model_fits_data(teacher, source, role="teacher")
         check_model_fits_data(student, source, role="student")
 
-        input_shape = tuple(source.sample(1)[0].shape[1:])
+        probe = source.sample(4)  # read once: a torch dataset's samples cost I/O and transforms
+        input_shape = tuple(probe[0].shape[1:])
         s_layers = _unique(layer for t in self.terms for layer in t.student_layers)
         t_layers = _unique(layer for t in self.terms for layer in t.teacher_layers)
         s_shapes = feature_shapes(student, input_shape, s_layers) if s_layers else {}
@@ -207,13 +208,13 @@ class Distiller:
             term.setup(s_shapes, t_shapes, source.num_train)
             term.to(dev).eval()  # eval until fit() starts: the check below must not update BatchNorm statistics
 
-        cache = self._cache(source, t_shapes, classes)
+        cache = self._cache(source, t_shapes, classes, sequence=probe[1].dim() == 2)
         with ExitStack() as stack:
             stack.enter_context(frozen(teacher))
             recorder = stack.enter_context(FeatureRecorder(student, s_layers)) if s_layers else None
             t_recorder = stack.enter_context(FeatureRecorder(teacher, t_layers, detach=True)) if t_layers else None
             step = _TeacherStep(teacher, t_recorder, recorder)
-            self._check_terms(step, source)
+            self._check_terms(step, probe)
             if cache is not None:
                 step.fill_cache(cache, source, {"teacher": weights_digest(teacher), **source.fingerprint()})
             for term in self.terms:
@@ -233,7 +234,7 @@ class Distiller:
         )
         return result
 
-    def _check_terms(self, step: _TeacherStep, source: Any) -> None:
+    def _check_terms(self, step: _TeacherStep, probe: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Compute every stateless term once on four training samples, so that a term that cannot work for
         this pair (e.g. feature shapes that differ without an adapter) fails before training, not at step 1."""
         student = self.student
@@ -241,7 +242,7 @@ class Distiller:
         student.eval()
         try:
             with torch.no_grad():
-                x, y = source.sample(4)
+                x, y = probe
                 batch = Batch(x, y, torch.arange(x.shape[0], device=x.device))
                 out = step.outputs(batch, student(x))
                 for term in self.terms:
@@ -255,13 +256,13 @@ class Distiller:
             student.train(was_training)
             step.forget()
 
-    def _cache(self, source: Any, t_shapes: Mapping[str, Shape], classes: int) -> TeacherCache | None:
+    def _cache(self, source: Any, t_shapes: Mapping[str, Shape], classes: int, *, sequence: bool) -> TeacherCache | None:
         """The teacher cache to fill, or ``None`` to run the teacher live (see ``cache_teacher``)."""
         choice = self.cache_teacher
         if choice is False:
             return None
         requested = choice is True or isinstance(choice, TeacherCache)
-        if source.sample(1)[1].dim() == 2:  # targets per position: a sequence model's (length, vocabulary) outputs
+        if sequence:  # targets per position: a sequence model's (length, vocabulary) outputs
             if requested:
                 raise ValueError("caching a sequence teacher's outputs is not supported yet; use cache_teacher=None")
             return None

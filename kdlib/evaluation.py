@@ -87,17 +87,11 @@ def loss_and_accuracy(model: nn.Module, batches: Any, *, amp: str | None = None)
     totals = torch.zeros(3, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
     with _EvalMode(model), autocast(device, check_amp(amp, device)):
         for x, y in batches:
-            raw = model(x.to(device)).float()
-            logits, y = flat_outputs(raw, y.to(device))
-            if raw.dim() == 3:  # a sequence model: only the positions with a target are scored
-                kept = y != UNLABELED
-                totals[0] += nn.functional.cross_entropy(logits, y, reduction="sum", ignore_index=UNLABELED).to(totals.dtype)
-                totals[1] += ((logits.argmax(1) == y) & kept).sum().to(totals.dtype)
-                totals[2] += kept.sum().to(totals.dtype)
-                continue
-            totals[0] += nn.functional.cross_entropy(logits, y, reduction="sum").to(totals.dtype)
-            totals[1] += (logits.argmax(1) == y).sum().to(totals.dtype)
-            totals[2] += y.shape[0]  # a Python number: no copy to the device
+            logits, y = flat_outputs(model(x.to(device)).float(), y.to(device))
+            kept = y != UNLABELED  # a sequence model's positions without a target are not scored
+            totals[0] += nn.functional.cross_entropy(logits, y, reduction="sum", ignore_index=UNLABELED).to(totals.dtype)
+            totals[1] += ((logits.argmax(1) == y) & kept).sum().to(totals.dtype)
+            totals[2] += kept.sum().to(totals.dtype)
     loss_sum, correct, n = distributed.all_reduce_sum(totals).tolist()
     if n == 0:
         raise ValueError("there is nothing to evaluate on: the evaluation data is empty")

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset as TorchDataset
 from kdlib import distributed
 from kdlib.data import UNLABELED, Batch
 from kdlib.data.tensors import normalize_
+from kdlib.run_state import _stable_repr
 from kdlib.sources.shards import (
     DEFAULT_EVAL_BATCH,
     epoch_order,
@@ -273,8 +274,6 @@ class LoaderSource:
         return True  # checked batch by batch on the host (to_batch); unlabeled samples are allowed
 
     def fingerprint(self) -> dict[str, Any]:
-        from kdlib.run_state import _stable_repr
-
         parts = []
         for dataset in (self.train, self.eval):
             if dataset is None:
