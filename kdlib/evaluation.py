@@ -15,7 +15,7 @@ from kdlib.sources import TorchData, as_source, split_batches
 
 __all__ = [
     "agreement", "autocast", "check_amp", "check_model_fits_data", "evaluate", "flat_outputs", "loss_and_accuracy",
-    "predict",
+    "eval_mode", "predict",
 ]
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,7 +48,7 @@ def autocast(device: torch.device, amp: str | None):
     return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[amp])
 
 
-class _EvalMode:
+class eval_mode:  # noqa: N801  (a context manager, named as one)
     """Eval mode for the block; the train/eval mode of the model and every submodule restored afterwards (an
     ensemble of frozen teachers must not be put back in train mode)."""
 
@@ -69,7 +69,7 @@ def predict(model: nn.Module, x: torch.Tensor | Split, *, batch_size: int = 1024
     """Logits of ``model`` for inputs ``x`` (batched, eval mode, no autograd), as float32 on the model's device."""
     device = module_device(model)
     n = len(x) if isinstance(x, Split) else x.shape[0]
-    with _EvalMode(model), autocast(device, check_amp(amp, device)):
+    with eval_mode(model), autocast(device, check_amp(amp, device)):
         outs = []
         for start in range(0, n, batch_size):
             chunk = x.take(slice(start, start + batch_size)) if isinstance(x, Split) else x[start : start + batch_size]
@@ -85,7 +85,7 @@ def loss_and_accuracy(model: nn.Module, batches: Any, *, amp: str | None = None)
     """
     device = module_device(model)
     totals = torch.zeros(3, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
-    with _EvalMode(model), autocast(device, check_amp(amp, device)):
+    with eval_mode(model), autocast(device, check_amp(amp, device)):
         for x, y in batches:
             logits, y = flat_outputs(model(x.to(device)).float(), y.to(device))
             kept = y != UNLABELED  # a sequence model's positions without a target are not scored

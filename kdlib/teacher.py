@@ -27,10 +27,11 @@ from torch import nn
 
 from kdlib import distributed
 from kdlib.checkpoint import write_json
-from kdlib.data import Batch, Dataset
+from kdlib.data import Batch
 from kdlib.device import module_device
-from kdlib.evaluation import predict
+from kdlib.evaluation import eval_mode
 from kdlib.losses import teacher_log_probs
+from kdlib.sources import as_source
 
 __all__ = ["TeacherCache", "cached_teacher_logits", "frozen", "live_teacher_logits"]
 
@@ -53,18 +54,18 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def cached_teacher_logits(teacher: nn.Module, data: Dataset, *, batch_size: int = 1024) -> torch.Tensor:
-    """Teacher logits ``(len(data.train), C)`` for the whole un-augmented training split, on the data's device.
+def cached_teacher_logits(teacher: nn.Module, data: Any, *, batch_size: int = 1024) -> torch.Tensor:
+    """Teacher logits of every training sample, in index order, on the device of the data's inputs.
 
-    A batch's teacher logits are then ``cached[batch.index]``. Raises ``ValueError`` if the dataset augments
-    its inputs: cached logits would belong to different inputs than the student sees.
+    ``data``: anything :func:`~kdlib.train.fit` takes (or its source). A batch's teacher logits are then
+    ``cached[batch.index]``. Raises ``ValueError`` if the training inputs change between epochs (augmentation):
+    cached logits would belong to different inputs than the student sees.
     """
-    if data.augment is not None:
-        raise ValueError(
-            f"{data.name} augments its training inputs, so cached teacher logits would not match them; "
-            "use a live teacher (cache_teacher=False)"
-        )
-    return predict(teacher, data.train, batch_size=batch_size).to(data.device)
+    source = as_source(data)
+    source.check_static()
+    device = module_device(teacher)
+    with torch.no_grad(), eval_mode(teacher):
+        return torch.cat([teacher(x.to(device)).float().to(x.device) for x, _ in source.ordered_train(batch_size)])
 
 
 def live_teacher_logits(teacher: nn.Module) -> TeacherLogits:

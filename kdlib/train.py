@@ -151,7 +151,7 @@ def training_device(model: nn.Module, device: DeviceLike) -> torch.device:
 
 
 def _check_settings(epochs: object, steps: object, batch_size: object, ce_weight: float, monitors: Sequence[Any],
-                    on_nonfinite: str) -> None:
+                    on_nonfinite: str, grad_norm_every: object) -> None:
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs= or steps=")
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
@@ -166,6 +166,8 @@ def _check_settings(epochs: object, steps: object, batch_size: object, ce_weight
         raise TypeError("monitors must be callables monitor(model) -> dict of numbers")
     if on_nonfinite not in MODES:
         raise ValueError(f"on_nonfinite must be 'raise' or 'rollback', got {on_nonfinite!r}")
+    if isinstance(grad_norm_every, bool) or not isinstance(grad_norm_every, int) or grad_norm_every < 1:
+        raise ValueError(f"grad_norm_every must be a positive int (steps), got {grad_norm_every!r}")
 
 
 def _batch_size(source: Any, batch_size: int | None) -> int:
@@ -329,9 +331,7 @@ def fit(
         FloatingPointError: the loss became NaN or infinite (the message names the step and the term).
         kdlib.checkpoint.CheckpointError: a checkpoint to resume from is corrupt, unsafe or from another run.
     """
-    _check_settings(epochs, steps, batch_size, ce_weight, monitors, on_nonfinite)
-    if isinstance(grad_norm_every, bool) or not isinstance(grad_norm_every, int) or grad_norm_every < 1:
-        raise ValueError(f"grad_norm_every must be a positive int (steps), got {grad_norm_every!r}")
+    _check_settings(epochs, steps, batch_size, ce_weight, monitors, on_nonfinite, grad_norm_every)
     ckpt_path = _check_checkpoint_args(checkpoint, checkpoint_every, resume)
     # NumPy scalars (a learning rate from np.logspace, say) would end up in the optimizer's and the history's
     # state, which a weights_only checkpoint cannot hold; as Python floats they give the same arithmetic.

@@ -21,7 +21,7 @@ from kdlib.losses import (
 )
 from kdlib.losses.targets import _check_weights
 from kdlib.schemes.result import SchemeResult, named_models, prepare
-from kdlib.teacher import frozen
+from kdlib.teacher import cached_teacher_logits, frozen
 from kdlib.train import fit
 
 WEIGHTINGS = ("mean", "confidence")
@@ -136,13 +136,11 @@ def multi_teacher_distill(
     data = prepare({**named, "student": student}, data, fit_kwargs.pop("device", "auto"))
     members = list(named.values())
     use_cache = data.augments is False if cache_teacher is None else bool(cache_teacher)
-    if use_cache:
-        data.check_static()
     with ExitStack() as stack:
         for teacher in members:
             stack.enter_context(frozen(teacher))
         if use_cache:  # cached_teacher_logits refuses data with augmentation, as distill's cache does
-            cached = torch.stack([_all_logits(m, data) for m in members])
+            cached = torch.stack([cached_teacher_logits(m, data) for m in members])
             logits_fn = lambda batch: cached[:, batch.index]  # noqa: E731
         else:
             def logits_fn(batch: Batch) -> torch.Tensor:
@@ -161,8 +159,3 @@ def multi_teacher_distill(
     result.add("student", "student", student, data, teacher="ensemble", fit=run)
     return result
 
-
-def _all_logits(teacher: nn.Module, source: Any) -> torch.Tensor:
-    """The teacher's logits for every training sample, in index order (the data's inputs never change)."""
-    with torch.no_grad():
-        return torch.cat([teacher(x) for x, _ in source.ordered_train()])
