@@ -199,8 +199,9 @@ class Distiller:
         input_shape = tuple(probe[0].shape[1:])
         s_layers = _unique(layer for t in self.terms for layer in t.student_layers)
         t_layers = _unique(layer for t in self.terms for layer in t.teacher_layers)
-        s_shapes = feature_shapes(student, input_shape, s_layers) if s_layers else {}
-        t_shapes = feature_shapes(teacher, input_shape, t_layers) if t_layers else {}
+        dtype = None if probe[0].is_floating_point() else probe[0].dtype  # token ids stay integers
+        s_shapes = feature_shapes(student, input_shape, s_layers, input_dtype=dtype) if s_layers else {}
+        t_shapes = feature_shapes(teacher, input_shape, t_layers, input_dtype=dtype) if t_layers else {}
         # Adapters and CRD's heads and memory are initialized here: seed them with the run's seed, so that the
         # same seed gives the same run whatever the process did before (fit() then seeds again, identically).
         seed_everything(fit_kwargs.get("seed", 0))
@@ -208,7 +209,8 @@ class Distiller:
             term.setup(s_shapes, t_shapes, source.num_train)
             term.to(dev).eval()  # eval until fit() starts: the check below must not update BatchNorm statistics
 
-        cache = self._cache(source, t_shapes, classes, sequence=probe[1].dim() == 2)
+        positions = probe[1].shape[1] if probe[1].dim() == 2 else 1  # a sequence model: (length, vocabulary) logits
+        cache = self._cache(source, t_shapes, classes, positions=positions)
         with ExitStack() as stack:
             stack.enter_context(frozen(teacher))
             recorder = stack.enter_context(FeatureRecorder(student, s_layers)) if s_layers else None
@@ -256,16 +258,12 @@ class Distiller:
             student.train(was_training)
             step.forget()
 
-    def _cache(self, source: Any, t_shapes: Mapping[str, Shape], classes: int, *, sequence: bool) -> TeacherCache | None:
+    def _cache(self, source: Any, t_shapes: Mapping[str, Shape], classes: int, *, positions: int) -> TeacherCache | None:
         """The teacher cache to fill, or ``None`` to run the teacher live (see ``cache_teacher``)."""
         choice = self.cache_teacher
         if choice is False:
             return None
         requested = choice is True or isinstance(choice, TeacherCache)
-        if sequence:  # targets per position: a sequence model's (length, vocabulary) outputs
-            if requested:
-                raise ValueError("caching a sequence teacher's outputs is not supported yet; use cache_teacher=None")
-            return None
         if source.augments or (source.augments is None and not requested):
             if requested:
                 raise ValueError(
@@ -280,7 +278,7 @@ class Distiller:
         if cache.path is not None and t_shapes:
             raise ValueError("a TeacherCache on disk holds logits only; feature terms need cache_teacher=True or None")
         megabytes = features_mb + (0 if cache.path else TeacherCache.megabytes(source.num_train, classes, cache.top_k,
-                                                                                 cache.dtype))
+                                                                                 cache.dtype, positions=positions))
         if megabytes > self.cache_limit_mb:
             if requested:
                 raise ValueError(

@@ -270,6 +270,7 @@ def feature_shapes(
     input_shape: Sequence[int],
     layers: Sequence[str] | None = None,
     device: DeviceLike = None,
+    input_dtype: torch.dtype | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes of the features, from a dry run on a batch of two zero inputs.
 
@@ -281,6 +282,8 @@ def feature_shapes(
         input_shape: Per-sample input shape, e.g. ``model.input_shape`` or ``(3, 32, 32)``.
         layers: Layer names; ``None`` uses ``model.feature_layers``.
         device: Where to run; ``None`` uses the model's device.
+        input_dtype: The inputs' dtype, e.g. ``torch.int64`` for a language model's token ids; ``None`` uses
+            the dtype of the model's floating-point parameters.
 
     Returns:
         ``{name: shape}`` without the batch dimension, e.g. ``{"layer1": (16, 32, 32), ...}`` for resnet20.
@@ -288,7 +291,7 @@ def feature_shapes(
         a tuple of tensors gets a tuple of shapes.
     """
     dev = module_device(model) if device is None else resolve(device)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = input_dtype or next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     x = torch.zeros(2, *input_shape, dtype=dtype, device=dev)
     modes = {m: m.training for m in model.modules()}
     try:

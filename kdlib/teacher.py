@@ -80,26 +80,28 @@ def live_teacher_logits(teacher: nn.Module) -> TeacherLogits:
 
 
 def topk_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` largest log-probabilities (T = 1) of each row and their class indices."""
-    values, index = torch.log_softmax(logits.float(), dim=1).topk(k, dim=1)
+    """The ``k`` largest log-probabilities (T = 1) over the last dimension (the classes, or a sequence model's
+    vocabulary at each position) and their class indices."""
+    values, index = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
     return values, index
 
 
 def expand_topk(values: torch.Tensor, index: torch.Tensor, num_classes: int) -> torch.Tensor:
     r"""Full log-probabilities from the top-k ones: the remaining mass :math:`r = 1 - \sum_{i \le k} p_i` spread
-    evenly over the other :math:`C - k` classes (what a top-k cache can reconstruct).
+    evenly over the other :math:`C - k` classes (what a top-k cache can reconstruct). The classes are the last
+    dimension: ``(N, k)`` for a classifier, ``(N, L, k)`` for a sequence model.
 
     The result is a valid log-distribution, used as the teacher's logits: at temperature 1 its top-k classes
     carry the teacher's exact probabilities; at :math:`T > 1` the rest is an approximation, since the cache no
     longer knows how the remaining mass was shared.
     """
-    k = values.shape[1]
+    k = values.shape[-1]
     values = values.float()
     if k == num_classes:
-        return torch.empty(values.shape, device=values.device).scatter_(1, index.long(), values)
-    rest = (1.0 - values.exp().sum(1, keepdim=True)).clamp_min(1e-12) / (num_classes - k)
-    full = rest.log().expand(-1, num_classes).clone()
-    return full.scatter_(1, index.long(), values)
+        return torch.empty(values.shape, device=values.device).scatter_(-1, index.long(), values)
+    rest = (1.0 - values.exp().sum(-1, keepdim=True)).clamp_min(1e-12) / (num_classes - k)
+    full = rest.log().expand(*values.shape[:-1], num_classes).clone()
+    return full.scatter_(-1, index.long(), values)
 
 
 class TeacherCache:
@@ -110,7 +112,9 @@ class TeacherCache:
             memory-mapped ``.npy`` files with a ``meta.json`` (reused by later runs while the teacher and the data
             are unchanged, rebuilt otherwise).
         top_k: keep only each sample's ``top_k`` largest log-probabilities and their classes (the remaining
-            mass spread over the others, :func:`expand_topk`); ``None`` keeps all logits exactly.
+            mass spread over the others, :func:`expand_topk`); ``None`` keeps all logits exactly. For a sequence
+            model, whose logits are ``(length, vocabulary)`` per sample, the top-k of every position is kept:
+            ``length × k`` values instead of ``length × vocabulary``.
         dtype: storage type of the values, ``torch.float32`` or ``torch.float16`` (half the size).
     """
 
@@ -154,8 +158,8 @@ class TeacherCache:
                 logits = run(x).float()
             device = logits.device
             if self._values is None:
-                self.num_classes = logits.shape[1]
-                self._allocate(num_samples, device)
+                self.num_classes = logits.shape[-1]
+                self._allocate(num_samples, tuple(logits.shape[1:-1]), device)
             rows = index.to(self._rows_device())
             if self.top_k is None:
                 self._put(self._values, rows, logits)
@@ -169,18 +173,18 @@ class TeacherCache:
                     array.flush()
             write_json(self.path / "meta.json", {**meta, "num_classes": self.num_classes, "complete": True})
 
-    def _allocate(self, n: int, device: torch.device) -> None:
-        width = self.num_classes if self.top_k is None else min(self.top_k, self.num_classes)
+    def _allocate(self, n: int, positions: tuple[int, ...], device: torch.device) -> None:
+        shape = (n, *positions, self.num_classes if self.top_k is None else min(self.top_k, self.num_classes))
         if self.path is None:
-            self._values = torch.zeros(n, width, dtype=self.dtype, device=device)
-            self._index = torch.zeros(n, width, dtype=torch.int32, device=device) if self.top_k else None
+            self._values = torch.zeros(shape, dtype=self.dtype, device=device)
+            self._index = torch.zeros(shape, dtype=torch.int32, device=device) if self.top_k else None
             return
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "meta.json").unlink(missing_ok=True)  # incomplete until the new meta.json is written
         np_dtype = np.float32 if self.dtype == torch.float32 else np.float16
-        self._values = np.lib.format.open_memmap(self.path / "values.npy", mode="w+", dtype=np_dtype, shape=(n, width))
+        self._values = np.lib.format.open_memmap(self.path / "values.npy", mode="w+", dtype=np_dtype, shape=shape)
         self._index = np.lib.format.open_memmap(self.path / "classes.npy", mode="w+", dtype=np.int32,
-                                                shape=(n, width)) if self.top_k else None
+                                                shape=shape) if self.top_k else None
 
     def _rows_device(self) -> torch.device:
         return self._values.device if isinstance(self._values, torch.Tensor) else torch.device("cpu")
@@ -235,8 +239,10 @@ class TeacherCache:
             else 0
 
     @staticmethod
-    def megabytes(num_samples: int, num_classes: int, top_k: int | None = None, dtype: torch.dtype = torch.float32) -> float:
-        """Size of a cache before it is built (to choose between memory, disk and top-k)."""
+    def megabytes(num_samples: int, num_classes: int, top_k: int | None = None, dtype: torch.dtype = torch.float32,
+                  *, positions: int = 1) -> float:
+        """Size of a cache before it is built (to choose between memory, disk and top-k); ``positions`` is a
+        sequence model's length (its logits are ``(positions, num_classes)`` per sample)."""
         width = num_classes if top_k is None else min(top_k, num_classes)
         per = width * (2 if dtype == torch.float16 else 4) + (width * 4 if top_k else 0)
-        return num_samples * per / 2**20
+        return num_samples * positions * per / 2**20
