@@ -11,6 +11,8 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.kdlib-installed
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+# The reST sources of the Python documentation (Debian's python3-doc): the language-model chapter's corpus.
+PYTHON_DOCS := /usr/share/doc/python3*/html/_sources
 FASHION_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
 # Seconds 'make data' and 'make browser' wait for another apt/dpkg process to release its lock.
 APT_LOCK_WAIT ?= 600
@@ -50,21 +52,24 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (kdlib)"
 	@touch $@
 
-# Fashion-MNIST from Debian's dataset-fashion-mnist package when we can install it; otherwise kdlib finds the
-# files under $$KDLIB_DATA or ~/.cache/kdlib, or downloads them with torchvision. This step never fails the build.
+# Fashion-MNIST (Debian's dataset-fashion-mnist) and the Python documentation's text, the language-model corpus
+# (Debian's python3-doc), installed when we can; otherwise kdlib finds Fashion-MNIST under $$KDLIB_DATA or
+# ~/.cache/kdlib, or downloads it with torchvision, and the text chapters say what to install. Never fails the build.
 data:
-	@missing=0; for f in $(FASHION_FILES); do test -f $(FASHION_MNIST)/$$f || missing=1; done; \
-	if [ $$missing = 0 ]; then \
-	  echo "data: Fashion-MNIST found in $(FASHION_MNIST)"; \
+	@missing=""; for f in $(FASHION_FILES); do test -f $(FASHION_MNIST)/$$f || missing="dataset-fashion-mnist"; done; \
+	ls -d $(PYTHON_DOCS) >/dev/null 2>&1 || missing="$$missing python3-doc"; \
+	if [ -z "$$missing" ]; then \
+	  echo "data: Fashion-MNIST found in $(FASHION_MNIST), the Python documentation in $(PYTHON_DOCS)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "data: installing Fashion-MNIST (apt-get install dataset-fashion-mnist; waits up to $(APT_LOCK_WAIT) s for apt's lock)"; \
-	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq dataset-fashion-mnist; } \
-	    || { echo "data: note: apt-get could not install dataset-fashion-mnist. If another apt or dpkg process holds its lock,"; \
+	  echo "data: installing$$missing (apt-get; waits up to $(APT_LOCK_WAIT) s for apt's lock)"; \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq $$missing >/dev/null; } \
+	    || { echo "data: note: apt-get could not install$$missing. If another apt or dpkg process holds its lock,"; \
 	         echo "      let it finish (or set APT_LOCK_WAIT=... seconds) and run 'make data' again. Until then kdlib"; \
-	         echo "      downloads Fashion-MNIST through torchvision where the network allows, and the tests that need it fail."; }; \
+	         echo "      downloads Fashion-MNIST through torchvision where the network allows, and the tests that need"; \
+	         echo "      the missing data fail."; }; \
 	else \
-	  echo "data: note: $(FASHION_MNIST) not found; kdlib will look in \$$KDLIB_DATA and ~/.cache/kdlib, or"; \
-	  echo "      download Fashion-MNIST through torchvision when allowed (or run 'make data' as root on Debian)"; \
+	  echo "data: note:$$missing not installed; run 'make data' as root on Debian (apt-get install$$missing);"; \
+	  echo "      kdlib looks for Fashion-MNIST in \$$KDLIB_DATA and ~/.cache/kdlib, or downloads it when allowed"; \
 	fi
 
 # Chromium for the browser test (tests/test_book_browser.py), from Debian's package when we can install it;
