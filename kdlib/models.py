@@ -15,7 +15,10 @@ Models are built by name::
     from kdlib import models
     teacher = models.create("resnet32x4", num_classes=100)
     student = models.create("mlp", hidden=(64,), input_shape=40)
-    models.available()  # ['cnn', 'lenet5', 'mlp', 'mnist1d_cnn', 'resnet', 'resnet110', ...]
+    models.available()  # ['cnn', 'decoder_lm', 'gpt_micro', 'gpt_mini', 'lenet5', 'mlp', 'mnist1d_cnn', ...]
+
+The language models (``decoder_lm``, ``gpt_mini``, ``gpt_micro``: :class:`kdlib.transformer.DecoderLM`) map token
+ids ``(N, L)`` to next-token logits ``(N, L, vocabulary)``; they have ``context`` instead of ``input_shape``.
 
 Activations are never applied in place, because :class:`kdlib.features.FeatureRecorder` keeps references to
 module outputs and an in-place op later in the forward pass would change a recorded feature.
@@ -55,6 +58,8 @@ __all__ = [
     "wrn_16_2",
     "wrn_40_1",
     "wrn_40_2",
+    "gpt_mini",
+    "gpt_micro",
     "register",
     "create",
     "available",
@@ -687,3 +692,30 @@ def _register_wrn(depth: int, width: int) -> None:
 
 for _depth, _width in ((16, 1), (16, 2), (40, 1), (40, 2)):
     _register_wrn(_depth, _width)
+
+
+# --- language models: token ids (N, L) in, next-token logits (N, L, vocabulary) out -------------------------------
+# DecoderLM lives in kdlib.transformer; the registry names the sizes the book distils between. They take
+# ``num_classes`` (the vocabulary) and ``context`` instead of an input shape.
+from kdlib.transformer import DecoderLM  # noqa: E402
+
+
+def _register_lm(name: str, width: int, layers: int, heads: int, role: str) -> None:
+    def build(num_classes: int = 96, context: int = 64, dropout: float = 0.0) -> DecoderLM:
+        return DecoderLM(num_classes, context=context, width=width, layers=layers, heads=heads, dropout=dropout)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (
+        f"A {role}: :class:`~kdlib.transformer.DecoderLM` with width {width}, {layers} block(s), {heads} heads.\n\n"
+        "    ``num_classes`` is the vocabulary (96 characters by default, :class:`kdlib.data.text.CharVocabulary`),\n"
+        "    ``context`` the longest sequence.\n"
+    )
+    globals()[name] = register(name)(build)
+
+
+register("decoder_lm")(DecoderLM)
+for _name, _width, _layers, _heads, _role in (
+    ("gpt_mini", 64, 3, 4, "teacher language model (about 160k parameters with 96 tokens)"),
+    ("gpt_micro", 32, 1, 4, "student language model (about 16k parameters with 96 tokens, a tenth of gpt_mini)"),
+):
+    _register_lm(_name, _width, _layers, _heads, _role)

@@ -9,7 +9,8 @@ from torch import nn
 from kdlib import models
 from kdlib.features import feature_shapes
 
-ALL = models.available()
+LANGUAGE_MODELS = {"decoder_lm", "gpt_mini", "gpt_micro"}  # token ids in, (N, L, vocabulary) out
+ALL = [name for name in models.available() if name not in LANGUAGE_MODELS]
 # Big enough that tests run them once with batch 1 only.
 BIG = {"resnet44", "resnet56", "resnet110", "resnet32x4", "wrn_40_2"}
 
@@ -25,8 +26,21 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_registry_lists_all_models() -> None:
-    assert set(ALL) == EXPECTED_NAMES
-    assert ALL == sorted(ALL)
+    assert set(models.available()) == EXPECTED_NAMES | LANGUAGE_MODELS
+    assert models.available() == sorted(models.available())
+
+
+@pytest.mark.parametrize("name", sorted(LANGUAGE_MODELS))
+def test_language_models_map_tokens_to_next_token_logits(name: str) -> None:
+    model = models.create(name, num_classes=50, seed=0, context=16)
+    out = model(torch.randint(0, 50, (2, 16)))
+    assert out.shape == (2, 16, 50) and model.fc.out_features == 50
+    assert list(feature_shapes(model, (16,), input_dtype=torch.int64).values())[0] == (16, model.token.embedding_dim)
+
+
+def test_the_student_language_model_is_several_times_smaller_than_the_teacher() -> None:
+    teacher, student = models.create("gpt_mini", num_classes=96), models.create("gpt_micro", num_classes=96)
+    assert n_params(teacher) >= 4 * n_params(student)
 
 
 @pytest.mark.parametrize("name", ALL)
