@@ -7,14 +7,17 @@ Every function takes any ``nn.Module`` that maps token ids ``(batch, length)`` t
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdlib.device import module_device
+from kdlib.profile import latency_side_by_side
 
-__all__ = ["exact_match", "generate", "perplexity"]
+__all__ = ["exact_match", "generate", "perplexity", "tokens_per_second"]
 
 
 def _context(model: nn.Module) -> int | None:
@@ -96,3 +99,26 @@ def exact_match(model: nn.Module, prompts: torch.Tensor, answers: torch.Tensor, 
         got = out[:, prompts.shape[1] :].cpu()
         correct += int((got == answers[start : start + batch_size].cpu()).all(dim=1).sum())
     return correct / prompts.shape[0]
+
+
+class _Writer(nn.Module):
+    """``model`` as a module whose call writes ``new_tokens`` greedy tokens after its input (to time generation)."""
+
+    def __init__(self, model: nn.Module, new_tokens: int) -> None:
+        super().__init__()
+        self.model, self.new_tokens = model, new_tokens
+
+    def forward(self, prompt: torch.Tensor) -> torch.Tensor:
+        return generate(self.model, prompt, self.new_tokens, temperature=0.0)
+
+
+def tokens_per_second(models: Mapping[str, nn.Module], prompt: torch.Tensor, new_tokens: int = 64, *,
+                      repeats: int = 5, warmup: int = 1, threads: int | None = None) -> dict[str, float]:
+    """Generated tokens per second of each model: ``batch × new_tokens`` greedy tokens after ``prompt``
+    ``(batch, length)``, divided by the median time of ``repeats`` calls, the models timed round-robin
+    (:func:`kdlib.profile.latency_side_by_side`) so that their ratio holds on a busy machine."""
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
+    writers = {name: _Writer(model, new_tokens) for name, model in models.items()}
+    times = latency_side_by_side(writers, prompt, warmup=warmup, repeats=repeats, threads=threads)
+    return {name: prompt.shape[0] * new_tokens / (statistics.median(ms) / 1e3) for name, ms in times.items()}

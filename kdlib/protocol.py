@@ -161,6 +161,7 @@ def compare(
     value: str = "accuracy",
     pair_on: str | Sequence[str] = "seed",
     level: float = 0.05,
+    higher_is_better: bool = True,
 ) -> pd.DataFrame:
     """Every arm of a tidy results frame against ``baseline``: paired differences, Holm-corrected verdicts.
 
@@ -170,6 +171,8 @@ def compare(
         baseline: the arm everything is compared with.
         arm, value, pair_on: column names.
         level: family-wise error rate of the verdicts.
+        higher_is_better: ``False`` for a value such as perplexity or error, where a negative difference is
+            "better".
 
     Returns:
         One row per arm (the baseline first): ``mean``, ``std``, ``n``, and for the others the paired ``diff``
@@ -201,7 +204,7 @@ def compare(
     if len(table) > 1:
         adjusted = holm(table["p"].iloc[1:].tolist())
         table["p_holm"] = [math.nan] + adjusted
-        table["verdict"] = ["—"] + _verdicts(adjusted, table["diff"].iloc[1:], level)
+        table["verdict"] = ["—"] + _verdicts(adjusted, table["diff"].iloc[1:], level, higher_is_better)
     return table
 
 
@@ -236,18 +239,21 @@ def contrasts(
     return table
 
 
-def _verdicts(p_holm: Iterable[float], diffs: Iterable[float], level: float) -> list[str]:
+def _verdicts(p_holm: Iterable[float], diffs: Iterable[float], level: float, higher_is_better: bool = True) -> list[str]:
     """"better" or "worse" where the corrected p is below ``level`` (by the sign of the difference), else "n.s."."""
-    return ["n.s." if not (q < level) else ("better" if d > 0 else "worse") for q, d in zip(p_holm, diffs)]
+    return ["n.s." if not (q < level) else ("better" if (d > 0) == higher_is_better else "worse")
+            for q, d in zip(p_holm, diffs)]
 
 
-def report(table: pd.DataFrame, *, against: str = "baseline", digits: int = 2) -> pd.DataFrame:
-    """A :func:`compare` table as text columns for reading: mean ± std, Δ with its interval, Holm p, verdict."""
+def report(table: pd.DataFrame, *, against: str = "baseline", digits: int = 2,
+           metric: str = "accuracy (%)") -> pd.DataFrame:
+    """A :func:`compare` table as text columns for reading: ``metric`` mean ± std, Δ with its interval, Holm p,
+    verdict."""
     import pandas as pd
 
     f = f"{{:.{digits}f}}"
     out = pd.DataFrame(index=table.index)
-    out["accuracy (%)"] = [f"{f.format(m)} ± {f.format(s)}" for m, s in zip(table["mean"], table["std"])]
+    out[metric] = [f"{f.format(m)} ± {f.format(s)}" for m, s in zip(table["mean"], table["std"])]
     out[f"Δ vs {against} [95 % CI]"] = [
         "—" if pd.isna(d) else f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
         for d, lo, hi in zip(table["diff"], table["low"], table["high"])

@@ -98,6 +98,11 @@ def test_compare_pairs_by_seed_and_corrects_verdicts():
     assert (table["p_holm"].iloc[1:] >= table["p"].iloc[1:]).all()
     # Holm can overturn a raw 5 % result: with many arms, p = 0.03 alone is not enough.
     assert holm([0.03] + [0.5] * 9)[0] > 0.05
+    # a perplexity-like value: lower is better, so the same differences flip their verdicts
+    flipped = compare(pd.DataFrame(rows), "alone", higher_is_better=False)
+    assert flipped.loc["kd", "verdict"] == "worse" and flipped.loc["bad", "verdict"] == "better"
+    assert flipped.loc["noise", "verdict"] == "n.s." and flipped["p_holm"].equals(table["p_holm"])
+    assert "perplexity" in report(flipped, metric="perplexity").columns
     with pytest.raises(ValueError, match="baseline arm 'x'"):
         compare(pd.DataFrame(rows), "x")
     with pytest.raises(KeyError, match="lacks the columns"):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlib.generate import exact_match, generate, perplexity
+from kdlib.generate import exact_match, generate, perplexity, tokens_per_second
 from kdlib.transformer import DecoderLM
 
 V = 11
@@ -94,3 +94,12 @@ def test_perplexity_equals_its_formula_and_masks():
     assert perplexity(model, tokens) == pytest.approx(math.exp(float(nll.mean())), rel=1e-5)
     assert perplexity(model, tokens, mask, batch_size=3) == pytest.approx(math.exp(float(nll[:, 2:].mean())), rel=1e-5)
     assert perplexity(Copier(), torch.tensor([[1, 2, 1, 2, 1]])) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_tokens_per_second_counts_every_generated_token():
+    torch.manual_seed(0)
+    small, large = DecoderLM(20, context=32, width=16, layers=1), DecoderLM(20, context=32, width=64, layers=3)
+    speed = tokens_per_second({"small": small, "large": large}, torch.randint(0, 20, (4, 8)), 8, repeats=3)
+    assert set(speed) == {"small", "large"} and all(v > 0 for v in speed.values())
+    with pytest.raises(ValueError, match="new_tokens"):
+        tokens_per_second({"small": small}, torch.randint(0, 20, (4, 8)), 0)
