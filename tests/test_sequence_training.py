@@ -108,6 +108,7 @@ def test_sequence_level_data_holds_the_teachers_answers(trained_teacher):
     full = torch.cat([seq.train.x, seq.train.y[:, -1:]], 1)
     assert exact_match(teacher, full[:, : K + 1], full[:, K + 1 :]) == 1.0  # the teacher agrees with itself
     assert torch.equal(seq.test.x, d.test.x) and torch.equal(seq.test.y, d.test.y)
+    assert torch.equal(sequence_level_data(teacher, d, max_samples=100, batch_size=64).train.y, seq.train.y[:100])
     untrained = sequence_level_data(lm(8, 5), d)  # a teacher's mistakes are kept: they are what it teaches
     assert not torch.equal(untrained.train.y, d.train.y)
     assert torch.equal(untrained.train.y == UNLABELED, d.train.y == UNLABELED)

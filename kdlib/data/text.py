@@ -126,7 +126,8 @@ def _check_fraction(name: str, value: float) -> None:
 
 def text_windows(documents: Sequence[Document], context: int, *, vocabulary: CharVocabulary | None = None,
                  test_fraction: float = 0.1, validation_fraction: float = 0.1, evaluate_on: str = "test",
-                 max_train_windows: int | None = None, seed: int = 0, name: str = "text") -> Dataset:
+                 max_train_windows: int | None = None, max_eval_windows: int | None = None, seed: int = 0,
+                 name: str = "text") -> Dataset:
     """A language-modelling data set: windows of ``context + 1`` characters cut from whole documents.
 
     Documents, not windows, are assigned to the training, validation and test parts (a seeded shuffle), so no
@@ -138,7 +139,8 @@ def text_windows(documents: Sequence[Document], context: int, *, vocabulary: Cha
         context: characters a model reads.
         test_fraction / validation_fraction: shares of the documents held out.
         evaluate_on: ``"test"`` or ``"validation"``: which held-out part becomes the ``test`` split.
-        max_train_windows: keep a seeded random subset of the training windows.
+        max_train_windows / max_eval_windows: keep a seeded random subset of the training / evaluated windows
+            (evaluation reads the evaluated split at every ``eval_every``: keep it to what a precise mean needs).
         seed: the assignment of documents and the subset.
     """
     if evaluate_on not in EVALUATE_ON:
@@ -165,11 +167,15 @@ def text_windows(documents: Sequence[Document], context: int, *, vocabulary: Cha
         y = ids[1 : n * context + 1].view(n, context)
         return Split(x, y)
 
-    train = windows(parts["train"])
-    if max_train_windows is not None and max_train_windows < len(train):
-        keep = torch.randperm(len(train), generator=generator)[:max_train_windows]
-        train = Split(train.x[keep], train.y[keep])
-    return Dataset(name if evaluate_on == "test" else f"{name} (validation)", train, windows(parts[evaluate_on]),
+    def subset(split: Split, n: int | None) -> Split:
+        if n is None or n >= len(split):
+            return split
+        keep = torch.randperm(len(split), generator=generator)[:n]
+        return Split(split.x[keep], split.y[keep])
+
+    train = subset(windows(parts["train"]), max_train_windows)
+    held_out = subset(windows(parts[evaluate_on]), max_eval_windows)
+    return Dataset(name if evaluate_on == "test" else f"{name} (validation)", train, held_out,
                    num_classes=len(vocabulary))
 
 

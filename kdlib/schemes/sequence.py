@@ -76,17 +76,21 @@ def continue_sequences(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, pr
 
 def sequence_level_data(teacher: nn.Module, data: Dataset, *, prompt_length: int | None = None,
                         temperature: float = 0.0, top_k: int | None = None, batch_size: int = 512,
-                        seed: int = 0) -> Dataset:
+                        max_samples: int | None = None, seed: int = 0) -> Dataset:
     """``data`` with every training sequence's continuation replaced by the teacher's (Kim & Rush 2016).
 
     Train a student on the result with :func:`~kdlib.train.fit` (cross-entropy): sequence-level KD. Greedy
     decoding (``temperature=0``) by default, the beam of size 1 of Kim & Rush; a temperature samples instead
-    (plain text, where greedy decoding repeats itself). The test split is unchanged.
+    (plain text, where greedy decoding repeats itself). ``max_samples`` keeps only the first training sequences
+    (generation costs one teacher pass per written token). The test split is unchanged.
     """
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1):
+        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
     generator = torch.Generator().manual_seed(seed)
     xs, ys = [], []
-    for start in range(0, len(data.train), batch_size):
-        x, y = data.train.x[start : start + batch_size], data.train.y[start : start + batch_size]
+    for start in range(0, min(len(data.train), max_samples or len(data.train)), batch_size):
+        stop = min(start + batch_size, max_samples or len(data.train))
+        x, y = data.train.x[start:stop], data.train.y[start:stop]
         new_x, new_y = continue_sequences(teacher, x, y, prompt_length=prompt_length, temperature=temperature,
                                           top_k=top_k, generator=generator)
         xs.append(new_x)
