@@ -366,8 +366,8 @@ def export_student(student: SentenceEncoder, path: str | os.PathLike[str], examp
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(student.eval(), (example,), str(path), input_names=["input_ids"],
-                              output_names=["sentence_embedding"], dynamic_shapes=(dims,), dynamo=True, external_data=False,
-                              verbose=False)
+                              output_names=["sentence_embedding"], dynamic_shapes=(dims,), dynamo=True,
+                              external_data=False, verbose=False)
     finally:
         student.train(was_training)
     return path

@@ -84,7 +84,8 @@ def sequence_level_data(teacher: nn.Module, data: Dataset, *, prompt_length: int
     (plain text, where greedy decoding repeats itself). ``max_samples`` keeps only the first training sequences
     (generation costs one teacher pass per written token). The test split is unchanged.
     """
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1):
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 1):
         raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
     generator = torch.Generator().manual_seed(seed)
     xs, ys = [], []
@@ -100,7 +101,7 @@ def sequence_level_data(teacher: nn.Module, data: Dataset, *, prompt_length: int
 
 
 class _OnPolicyStream:
-    """The training batches of ``stream``, each rewritten by the student with probability ``fraction``."""
+    """The training batches of ``stream``, each rewritten by the student with probability ``on_policy_fraction``."""
 
     def __init__(self, stream: TensorStream, policy: OnPolicySource, seed: int) -> None:
         self.stream, self.policy = stream, policy
@@ -171,16 +172,18 @@ def on_policy_distill(student: nn.Module, teacher: nn.Module, data: Dataset, *,
 
     At each step, with probability ``on_policy_fraction`` (GKD's λ), the student continues the batch's prompts
     by sampling at ``temperature``; the loss is ``loss_fn(student_logits, teacher_logits, mask)`` on the
-    written tokens (reverse KL by default, MiniLLM's objective; :func:`~kdlib.losses.token_generalized_jsd` for
-    GKD's JSD(β)). Otherwise the batch is the data's, with the same loss on its target positions. There is no
-    cross-entropy: the student's own samples are not labels. Gradients do not flow through the sampling (as in
-    GKD). Training arguments go to :func:`~kdlib.train.fit` (``steps``, ``lr``, ``seed``, ...).
+    written tokens: reverse KL by default, the divergence MiniLLM minimizes, here token by token on the
+    student's samples as GKD does (MiniLLM's sequence-level policy-gradient estimator is not implemented);
+    :func:`~kdlib.losses.token_generalized_jsd` for GKD's JSD(β). Otherwise the batch is the data's, with the
+    same loss on its target positions. There is no cross-entropy: the student's own samples are not labels.
+    Gradients do not flow through the sampling (as in GKD). Training arguments go to :func:`~kdlib.train.fit` (``steps``, ``lr``, ``seed``, ...).
     """
     if "ce_weight" in fit_kwargs:
         raise TypeError("on-policy distillation trains without cross-entropy; use a Distiller to add one")
     source = OnPolicySource(data, student, on_policy_fraction=on_policy_fraction, temperature=temperature,
                             top_k=top_k, prompt_length=prompt_length, eval_split=eval_data)
     term = TokenTerm(loss_fn, name="on_policy", **(loss_kwargs or {}))
-    result = Distiller(student, teacher, [term], ce_weight=0.0, cache_teacher=False).fit(as_source(source), **fit_kwargs)
+    distiller = Distiller(student, teacher, [term], ce_weight=0.0, cache_teacher=False)
+    result = distiller.fit(as_source(source), **fit_kwargs)
     result.config.update(on_policy_fraction=on_policy_fraction, temperature=temperature, top_k=top_k)
     return result
