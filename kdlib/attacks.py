@@ -198,8 +198,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps
 
     .. math::
 
-        x^{0} = x + \delta,\ \delta \sim U[-\epsilon, \epsilon]^d \text{ (or 0)};\qquad
-        x^{k+1} = \mathrm{clip}\Big(\Pi_{B_\infty(x,\epsilon)}\big(x^k + \alpha\,\mathrm{sign}(\nabla_x L(f(x^k), y))\big)\Big)
+        \begin{aligned}
+        x^{0} &= x + \delta,\quad \delta \sim U[-\epsilon, \epsilon]^d \text{ (or 0)}, \\
+        x^{k+1} &= \mathrm{clip}\Big(\Pi_{B_\infty(x,\epsilon)}\big(x^k + \alpha\,\mathrm{sign}(\nabla_x L(f(x^k), y))
+            \big)\Big)
+        \end{aligned}
 
     where :math:`\Pi` clips each coordinate to :math:`[x - \epsilon, x + \epsilon]` and clip to ``clamp``; every
     iterate lies in both. ``steps=1, random_start=False, step_size=eps`` is exactly :func:`fgsm`.
