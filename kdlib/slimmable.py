@@ -63,7 +63,22 @@ class _Slim:
     width_mult: float = 1.0
 
 
-class SlimmableLinear(nn.Linear, _Slim):
+class _SlimWeights(_Slim):
+    """A linear or conv layer (weight ``(out, in, ...)``) that computes with the leading slice of its weights."""
+
+    weight: torch.Tensor
+    slim_in: bool
+    slim_out: bool
+
+    def active(self) -> tuple[int, int]:
+        """``(in, out)`` features or channels used at the current width (all of a side that is not slimmed)."""
+        out_full, in_full = self.weight.shape[:2]
+        w = self.width_mult
+        return (active_channels(in_full, w) if self.slim_in else in_full,
+                active_channels(out_full, w) if self.slim_out else out_full)
+
+
+class SlimmableLinear(nn.Linear, _SlimWeights):
     """``nn.Linear`` whose forward uses the first ``⌈w·in⌉`` inputs and ``⌈w·out⌉`` outputs at width ``w``
     (all of them on a side whose ``slim_in``/``slim_out`` is False: the classifier keeps every class)."""
 
@@ -72,18 +87,12 @@ class SlimmableLinear(nn.Linear, _Slim):
         super().__init__(in_features, out_features, bias)
         self.slim_in, self.slim_out = slim_in, slim_out
 
-    def active(self) -> tuple[int, int]:
-        """``(in, out)`` features used at the current width."""
-        w = self.width_mult
-        return (active_channels(self.in_features, w) if self.slim_in else self.in_features,
-                active_channels(self.out_features, w) if self.slim_out else self.out_features)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         i, o = self.active()
         return F.linear(x, self.weight[:o, :i], None if self.bias is None else self.bias[:o])
 
 
-class SlimmableConv2d(nn.Conv2d, _Slim):
+class SlimmableConv2d(nn.Conv2d, _SlimWeights):
     """``nn.Conv2d`` (groups=1) that uses the first ``⌈w·C_in⌉`` input and ``⌈w·C_out⌉`` output channels at width
     ``w``; ``slim_in=False`` for the first layer, which sees every image channel."""
 
@@ -91,12 +100,6 @@ class SlimmableConv2d(nn.Conv2d, _Slim):
                  bias: bool = True, *, slim_in: bool = True, slim_out: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
         self.slim_in, self.slim_out = slim_in, slim_out
-
-    def active(self) -> tuple[int, int]:
-        """``(in, out)`` channels used at the current width."""
-        w = self.width_mult
-        return (active_channels(self.in_channels, w) if self.slim_in else self.in_channels,
-                active_channels(self.out_channels, w) if self.slim_out else self.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         i, o = self.active()
@@ -306,7 +309,7 @@ def _plain_state(model: nn.Module, w: float) -> dict[str, torch.Tensor]:
                 continue
             if isinstance(m, _SwitchableBatchNorm):
                 state.update({prefix + k: v for k, v in m.active_norm().state_dict().items()})
-            elif isinstance(m, (SlimmableConv2d, SlimmableLinear)):
+            elif isinstance(m, _SlimWeights):
                 i, o = m.active()
                 state[prefix + "weight"] = m.weight[:o, :i]
                 if m.bias is not None:
