@@ -4,7 +4,7 @@ the invariants the chapter states, and the checked cells match the full run."""
 from __future__ import annotations
 
 import pytest
-from notebook_support import NOTEBOOKS, nbval_smoke, run_smoke
+from notebook_support import NOTEBOOKS, run_smoke
 
 NOTEBOOK = NOTEBOOKS / "10_numbers_and_fake_quant.ipynb"
 
@@ -42,8 +42,3 @@ def test_numbers_and_fake_quant_smoke(tmp_path):
     assert g["payload_affine_2"] < g["payload_affine_3"] < g["payload_affine_4"] < g["saved_affine_4"] < g["fp32_bytes"]
     assert g["size_mixed"] <= g["size_u8"] and g["size_u3"] < g["size_u4"] < g["size_u8"]
     assert 2.0 <= g["mixed_avg_bits_min"] <= g["mixed_avg_bits"] <= g["mixed_avg_bits_max"] <= 8.0
-
-
-def test_numbers_and_fake_quant_checked_outputs(tmp_path):
-    code, output = nbval_smoke(NOTEBOOK, tmp_path)
-    assert code == 0, output[-5000:]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from notebook_support import NOTEBOOKS, nbval_smoke, run_smoke
+from notebook_support import NOTEBOOKS, run_smoke
 
 NOTEBOOK = NOTEBOOKS / "14_robust_training.ipynb"
 
@@ -44,8 +44,3 @@ def test_robust_training_smoke(tmp_path):
     assert g["resumed_from"] % g["checkpoint_every"] == 0
     # 6. one flipped bit changes exactly one weight
     assert g["flip_changed"] == 1 and _finite(g["flip_weight"]) and g["flip_weight"] > 1e30
-
-
-def test_robust_training_checked_outputs(tmp_path):
-    code, output = nbval_smoke(NOTEBOOK, tmp_path)
-    assert code == 0, output[-5000:]
