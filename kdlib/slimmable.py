@@ -243,7 +243,9 @@ class InPlaceDistillation:
     .. math:: \\sum_{w} T^2\\, \\mathrm{KL}\\big(\\mathrm{softmax}(\\mathrm{sg}[z_{max}] / T) \\,\\|\\,
         \\mathrm{softmax}(z_w / T)\\big),
 
-    with the teacher logits ``z_max`` the (detached) logits fit passes in. fit's single backward then sums the
+    with the teacher logits ``z_max`` the (detached) logits fit passes in. With ``targets="labels"`` every student
+    width is trained on the labels instead, :math:`\\sum_w \\mathrm{CE}(z_w, y)` (the sandwich rule without in-place
+    distillation: the control that separates the teacher from the weight sharing). fit's single backward then sums the
     gradients of all widths in the shared weights. Why the term runs the forward passes: a term only receives
     ``(batch, logits)`` of one forward pass, so it keeps a reference to the model (it is deliberately not an
     ``nn.Module``, which would make fit optimize the model's parameters twice) and switches the width with
@@ -257,22 +259,26 @@ class InPlaceDistillation:
         weight: weight of the summed KL terms (the paper: 1).
         n_random: random intermediate widths per step (US-Nets: 2), or None for all configured ones.
         temperature: :math:`T` (the paper: 1, plain soft targets).
+        targets: ``"widest"`` (in-place distillation) or ``"labels"`` (cross-entropy at every width).
         name: key of the logged value, ``"loss/<name>"``.
     """
 
     def __init__(self, model: nn.Module, *, weight: float = 1.0, n_random: int | None = None,
-                 temperature: float = 1.0, name: str = "inplace_kd") -> None:
+                 temperature: float = 1.0, targets: str = "widest", name: str = "inplace_kd") -> None:
         if not hasattr(model, "widths"):
             raise TypeError(f"{type(model).__name__} is not slimmable (it has no .widths)")
         if len(model.widths) < 2:
             raise ValueError("in-place distillation needs at least two widths")
         if n_random is not None and (isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0):
             raise ValueError(f"n_random must be a non-negative int or None, got {n_random!r}")
+        if targets not in ("widest", "labels"):
+            raise ValueError(f"targets must be 'widest' or 'labels', got {targets!r}")
         self.model, self.weight, self.n_random = model, float(weight), n_random
-        self.temperature, self.name = temperature, name
+        self.temperature, self.targets, self.name = temperature, targets, name
 
     def __repr__(self) -> str:
-        return f"InPlaceDistillation(widths={list(self.model.widths)}, n_random={self.n_random}, T={self.temperature})"
+        return (f"InPlaceDistillation(widths={list(self.model.widths)}, n_random={self.n_random}, "
+                f"T={self.temperature}, targets={self.targets!r})")
 
     def start(self, total_steps: int) -> None:
         set_width(self.model, self.model.widths[-1])
@@ -294,7 +300,9 @@ class InPlaceDistillation:
         total = logits.new_zeros((), dtype=torch.float32)
         for w in self.step_widths():
             with width(self.model, w):
-                total = total + kd_loss(self.model(batch.x), teacher, self.temperature)
+                z = self.model(batch.x)
+                total = total + (F.cross_entropy(z, batch.y) if self.targets == "labels"
+                                 else kd_loss(z, teacher, self.temperature))
         return total
 
 

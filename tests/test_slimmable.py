@@ -160,3 +160,22 @@ def test_fit_with_inplace_distillation_trains_every_width() -> None:
             assert evaluate(model, digits)["accuracy"] > 0.6, w
     flops = training_flops(model, 1000, n_random=1)
     assert flops["forward@0.25"] < flops["forward@1.0"] and flops["sandwich"] < flops["separate"]
+
+
+def test_label_targets_train_every_width_on_the_labels() -> None:
+    model = small().train()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    batch = Batch(x, y, torch.arange(16))
+    term = InPlaceDistillation(model, targets="labels")
+    term.start(1)
+    torch.manual_seed(0)
+    loss = term(batch, model(x))
+    expected = 0.0
+    for w in (0.25, 0.5, 0.75):
+        with width(model, w):
+            expected = expected + torch.nn.functional.cross_entropy(model(x), y)
+    # Train mode: the BatchNorms use batch statistics, so the same inputs give the same outputs.
+    torch.testing.assert_close(loss, expected)
+    assert "labels" in repr(term)
+    with pytest.raises(ValueError, match="targets must be"):
+        InPlaceDistillation(model, targets="teacher")
