@@ -11,7 +11,8 @@ Two ways to get a transfer set when no training data may leave its owner, only t
 * :func:`adversarial_distill` (Micaelli & Storkey 2019, "Zero-shot Knowledge Transfer via Adversarial Belief
   Matching"; Fang et al. 2019, "Data-Free Adversarial Distillation", DFAD): a :class:`Generator` maps noise
   to inputs on which student and teacher disagree most, and the student learns to agree on them. It needs
-  no BatchNorm, but it is a two-player game with its own loop (see the function for why).
+  no BatchNorm, but it is a two-player game with its own loop (see the function for why); DAFL's class-balance
+  term (Chen et al. 2019) keeps the generator from collapsing onto a few classes.
 
 Both count the samples the teacher was queried on (forward passes × batch), the cost of a data-free method.
 """
@@ -131,6 +132,8 @@ def deep_inversion(
     bn_weight: float = 1.0,
     tv_weight: float = 1e-3,
     l2_weight: float = 1e-5,
+    jitter: int = 0,
+    flip: bool = False,
     seed: int = 0,
     device: DeviceLike = None,
 ) -> InversionResult:
@@ -145,8 +148,10 @@ def deep_inversion(
     with target labels ``y`` balanced over the classes, :math:`\mathcal R_l` from :func:`bn_statistics_loss`
     on the input of every BatchNorm layer ``l`` (read with forward hooks) and :func:`total_variation`. The
     teacher is frozen (:func:`~kdlib.teacher.frozen`: eval mode, so BatchNorm normalizes with its running
-    statistics, and no parameter gradients) and restored afterwards. The paper's image jitter, flips and
-    Adaptive DeepInversion competition term are left out.
+    statistics, and no parameter gradients) and restored afterwards. With ``jitter``/``flip``, as the paper's
+    code, every step sees the batch rolled by a random shift of up to ``jitter`` pixels along height and width
+    and, with probability 1/2, mirrored left-right (all terms on that view). Adaptive DeepInversion's
+    competition term is left out.
 
     Args:
         teacher: a trained classifier containing BatchNorm layers with running statistics.
@@ -157,7 +162,8 @@ def deep_inversion(
         lr: Adam learning rate on the inputs.
         batch_size: inputs optimized together (the BatchNorm statistics are those of a batch).
         bn_weight, tv_weight, l2_weight: :math:`\alpha_{BN}`, :math:`\alpha_{TV}`, :math:`\alpha_{\ell_2}` (>= 0).
-        seed: seeds the noise and the order of the target labels.
+        jitter, flip: random shifts (pixels, >= 0) and mirroring per step; images ``(C, H, W)`` only.
+        seed: seeds the noise, the order of the target labels and the jitter.
         device: where to run; default the teacher's device.
 
     Raises:
@@ -172,12 +178,16 @@ def deep_inversion(
             f"DeepInversion needs BatchNorm statistics, but {type(teacher).__name__} has no BatchNorm layer with "
             "running statistics; use adversarial_distill (a generator, DFAD), which needs none"
         )
+    if isinstance(jitter, bool) or not isinstance(jitter, int) or jitter < 0:
+        raise ValueError(f"jitter must be an int >= 0 (pixels), got {jitter!r}")
     dev = module_device(teacher) if device is None else resolve(device)
     teacher.to(dev)
     shape, classes = _probe(teacher, input_shape, dev)
+    if (jitter or flip) and len(shape) != 3:
+        raise ValueError(f"jitter and flip need image inputs (C, H, W), got input_shape {shape}")
     if num_classes is not None and num_classes != classes:
         raise ValueError(f"num_classes={num_classes} but the teacher outputs {classes} logits")
-    g = torch.Generator().manual_seed(seed)
+    g, augment = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     y_all = (torch.arange(n) % classes)[torch.randperm(n, generator=g)].to(dev)
     seen: dict[_BN, torch.Tensor] = {}
     hooks = [bn.register_forward_hook(lambda m, i, o: seen.__setitem__(m, i[0])) for bn in bns]
@@ -193,9 +203,15 @@ def deep_inversion(
                 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
                 for step in range(steps):
                     seen.clear()
-                    ce = F.cross_entropy(teacher(x), y)
+                    view = x
+                    if jitter or flip:  # the paper's augmentation: a random roll, a coin-flip mirror
+                        dy, dx, mirror = torch.randint(-jitter, jitter + 1, (2,), generator=augment).tolist() + [
+                            flip and bool(torch.rand(1, generator=augment) < 0.5)]
+                        view = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+                        view = view.flip(3) if mirror else view
+                    ce = F.cross_entropy(teacher(view), y)
                     bn = sum(bn_statistics_loss(seen[m], m) for m in bns)
-                    tv, l2 = total_variation(x), x.pow(2).sum() / len(x)
+                    tv, l2 = total_variation(view), view.pow(2).sum() / len(x)
                     loss = ce + bn_weight * bn + tv_weight * tv + l2_weight * l2
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -295,6 +311,7 @@ def adversarial_distill(
     z_dim: int = 64,
     lr_student: float = 0.1,
     lr_generator: float = 1e-3,
+    balance_weight: float = 0.0,
     seed: int = 0,
     eval_data: Split | Dataset | None = None,
     eval_every: int | None = None,
@@ -305,7 +322,10 @@ def adversarial_distill(
     A :class:`Generator` :math:`G` and the student :math:`S` play :math:`\min_S \max_G
     \mathbb E_z \|T(G(z)) - S(G(z))\|_1` (mean absolute logit difference). Each step: one generator step
     ascending the discrepancy on a fresh noise batch (gradients flow *through* the frozen teacher and student
-    into :math:`G`), then ``student_steps`` student steps descending it on new generator samples.
+    into :math:`G`), then ``student_steps`` student steps descending it on new generator samples. With
+    ``balance_weight`` :math:`\beta > 0` the generator also maximizes :math:`\beta\, H(\bar p)`, the entropy of
+    the teacher's class probabilities averaged over its batch (DAFL's information-entropy loss, Chen et al.
+    2019), which pushes it to cover every class instead of the few where disagreement is easiest.
 
     Why not one :func:`kdlib.train.fit` call? ``fit`` draws batches from a fixed data set and minimizes one
     objective with one optimizer. Here the data are a function of :math:`G`, which changes at every step, and
@@ -318,13 +338,15 @@ def adversarial_distill(
         teacher: frozen for the run; any classifier, no BatchNorm needed.
         steps: generator steps (rounds of the game).
         student_steps: student steps per generator step (DFAD: 5).
+        balance_weight: :math:`\beta` of the class-balance term (0: plain DFAD; :math:`H` in nats, where DAFL's code
+            uses base-10 logarithms, so its ``--ie 5`` on MNIST is :math:`\beta \approx 2.2` here).
         eval_data: a real :class:`~kdlib.data.Split` or :class:`~kdlib.data.Dataset` (test split) to report the
             student's accuracy on, every ``eval_every`` steps (default only at the end).
         seed: seeds the generator's weights and the noise; same seed, same run on the CPU.
     """
     steps, batch_size = _check_positive("steps", steps), _check_positive("batch_size", batch_size)
     student_steps = _check_positive("student_steps", student_steps)
-    _check_weights(lr_student=lr_student, lr_generator=lr_generator)
+    _check_weights(lr_student=lr_student, lr_generator=lr_generator, balance_weight=balance_weight)
     if eval_every is not None:
         _check_positive("eval_every", eval_every)
     dev = module_device(teacher) if device is None else resolve(device)
@@ -340,9 +362,6 @@ def adversarial_distill(
     sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, steps * student_steps)
     sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, steps)
 
-    def discrepancy(x: torch.Tensor) -> torch.Tensor:
-        return (student(x) - teacher(x)).abs().mean()
-
     history: list[dict[str, float]] = []
     start, queries = time.perf_counter(), 0
     with frozen(teacher):
@@ -350,7 +369,11 @@ def adversarial_distill(
         gen.train()
         for step in range(1, steps + 1):
             # generator phase: gradients flow through S and T into G; the student's are cleared before its own step
-            gen_loss = -discrepancy(gen(torch.randn(batch_size, z_dim, generator=g, device=dev)))
+            x = gen(torch.randn(batch_size, z_dim, generator=g, device=dev))
+            t = teacher(x)
+            gap = (student(x) - t).abs().mean()
+            mean_p = t.softmax(1).mean(0)
+            gen_loss = -gap + balance_weight * (mean_p * mean_p.clamp_min(1e-12).log()).sum()  # -gap - beta H(p)
             opt_g.zero_grad(set_to_none=True)
             gen_loss.backward()
             opt_g.step()
@@ -365,7 +388,7 @@ def adversarial_distill(
                 opt_s.step()
                 sched_s.step()
             queries += batch_size * (1 + student_steps)
-            record = {"step": step, "generator_loss": -float(gen_loss.detach()), "student_loss": float(s_loss.detach())}
+            record = {"step": step, "generator_loss": float(gap.detach()), "student_loss": float(s_loss.detach())}
             if eval_data is not None and (step == steps or (eval_every and step % eval_every == 0)):
                 record["test_accuracy"] = evaluate(student, eval_data)["accuracy"]
                 student.train()

@@ -143,3 +143,29 @@ def test_adversarial_generator_works_for_a_teacher_without_batchnorm(teacher):
     assert result.teacher_queries == 3 * 8 * 2 and result.generator(torch.randn(4, 64)).shape == (4, 8)
     with pytest.raises(ValueError, match="steps must be"):
         adversarial_distill(student, teacher, input_shape=(8,), steps=0)
+
+
+def test_deep_inversion_jitter_and_flip_are_seeded_and_need_images(bn_teacher):
+    plain = deep_inversion(bn_teacher, 20, steps=10, batch_size=20, seed=0)
+    runs = [deep_inversion(bn_teacher, 20, steps=10, batch_size=20, seed=0, jitter=1, flip=True) for _ in range(2)]
+    assert torch.equal(runs[0].x, runs[1].x) and not torch.equal(runs[0].x, plain.x)
+    assert torch.equal(runs[0].y, plain.y) and runs[0].teacher_queries == plain.teacher_queries
+    with pytest.raises(ValueError, match="jitter must be"):
+        deep_inversion(bn_teacher, 4, steps=1, jitter=-1)
+    flat = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 3))
+    with pytest.raises(ValueError, match="need image inputs"):
+        deep_inversion(flat, 4, steps=1, input_shape=(8,), flip=True)
+
+
+def test_class_balance_term_spreads_the_generators_samples_over_classes(bn_teacher):
+    def class_entropy(balance_weight: float) -> float:
+        student = models.create("mlp", input_shape=(1, 8, 8), hidden=(64,), seed=1)
+        result = adversarial_distill(student, bn_teacher, steps=30, batch_size=64, student_steps=1, seed=0,
+                                     lr_generator=1e-2, balance_weight=balance_weight)
+        with torch.no_grad():
+            bn_teacher.eval()
+            p = torch.bincount(bn_teacher(result.generator(torch.randn(500, 64))).argmax(1), minlength=10) / 500
+        return float(-(p * p.clamp_min(1e-12).log()).sum())
+    assert class_entropy(10.0) > class_entropy(0.0) + 0.2
+    with pytest.raises(ValueError, match="balance_weight"):
+        adversarial_distill(models.create("lenet5"), bn_teacher, steps=1, balance_weight=-1.0)
