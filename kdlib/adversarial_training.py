@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlib.attacks import Clamp, _check_clamp, _clamp, pgd
+from kdlib.attacks import Clamp, _ascend, _check_pgd, pgd
 from kdlib.data import Batch
 from kdlib.device import module_device
 from kdlib.evaluation import eval_mode
@@ -61,36 +61,23 @@ __all__ = ["ATTACKS", "AdversarialTraining", "AdversariallyRobustDistillation", 
 ATTACKS = ("ce", "kl")
 
 
-def _check(eps: float, steps: int, step_size: float | None, clamp: Clamp) -> tuple[float, int, float]:
-    e = float(eps)
-    if not (math.isfinite(e) and e >= 0):
-        raise ValueError(f"eps is the L-inf budget and must be a finite number >= 0, got {eps!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0 (0: no attack), got {steps!r}")
-    if step_size is not None and not (math.isfinite(float(step_size)) and float(step_size) > 0):
-        raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-    _check_clamp(clamp)
-    return e, steps, 2.5 * e / max(steps, 1) if step_size is None else float(step_size)
-
-
 def kl_pgd(student: nn.Module, x: torch.Tensor, teacher_probs: torch.Tensor, eps: float, *, steps: int = 10,
            step_size: float | None = None, clamp: Clamp = None) -> torch.Tensor:
     r"""PGD (:math:`L_\infty`, uniform random start) that ascends :math:`\sum_n \mathrm{KL}(p_n \,\|\,
     \mathrm{softmax}(s(x'_n)))` for fixed teacher probabilities ``teacher_probs`` :math:`p`, with the student in
     eval mode; the update and projection of :func:`kdlib.attacks.pgd`. Returns ``x'`` detached."""
-    e, steps, alpha = _check(eps, steps, step_size, clamp)
+    e, steps, alpha = _check_pgd(eps, steps, step_size, clamp, min_steps=0)
     x = x.detach()
     if e == 0 or steps == 0:
         return x.clone()
-    x_adv = _clamp(x + (2 * torch.rand_like(x) - 1) * e, clamp)
-    with eval_mode(student):
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            with torch.enable_grad():
-                kl = F.kl_div(F.log_softmax(student(x_adv).float(), 1), teacher_probs, reduction="sum")
-                (grad,) = torch.autograd.grad(kl, x_adv)
-            x_adv = _clamp(torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - e), x + e), clamp).detach()
-    return x_adv
+
+    def gradient(x_adv: torch.Tensor) -> torch.Tensor:
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            kl = F.kl_div(F.log_softmax(student(x_adv).float(), 1), teacher_probs, reduction="sum")
+            return torch.autograd.grad(kl, x_adv)[0]
+
+    return _ascend(student, x, gradient, e, steps, alpha, clamp)
 
 
 class AdversarialTraining:
@@ -112,7 +99,7 @@ class AdversarialTraining:
 
     def __init__(self, model: nn.Module, eps: float, *, steps: int = 7, step_size: float | None = None,
                  clamp: Clamp = None, loss: str = "ce", weight: float = 1.0, name: str = "adv_ce") -> None:
-        self.eps, self.steps, self.step_size = _check(eps, steps, step_size, clamp)
+        self.eps, self.steps, self.step_size = _check_pgd(eps, steps, step_size, clamp, min_steps=0)
         if loss not in ("ce", "logit_margin"):
             raise ValueError(f"loss must be 'ce' or 'logit_margin', got {loss!r}")
         if not (math.isfinite(float(weight)) and float(weight) >= 0):

@@ -217,25 +217,41 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps
     Returns:
         Adversarial inputs, detached, on the model's device (the last iterate).
     """
-    e, loss = _check_eps(eps), _check_loss(loss)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if step_size is not None and not (math.isfinite(float(step_size)) and float(step_size) > 0):
-        raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-    _check_clamp(clamp)
-    alpha = 2.5 * e / steps if step_size is None else float(step_size)
+    e, steps, alpha = _check_pgd(eps, steps, step_size, clamp)
+    loss = _check_loss(loss)
     x, y = _prepare(model, x, y)
     if e == 0:
         return _clamp(x.clone(), clamp)
-    low, high = x - e, x + e
+    return _ascend(model, x, lambda z: _input_gradient(model, z, y, loss), e, steps, alpha, clamp,
+                   random_start=random_start, generator=generator)
+
+
+def _check_pgd(eps: float, steps: int, step_size: float | None, clamp: Clamp, *,
+               min_steps: int = 1) -> tuple[float, int, float]:
+    r"""PGD's settings checked: ``(eps, steps, step size)``, the step size defaulting to :math:`2.5\,\epsilon/\text{steps}`."""
+    e = _check_eps(eps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < min_steps:
+        raise ValueError(f"steps must be an int >= {min_steps}, got {steps!r}")
+    if step_size is not None and not (math.isfinite(float(step_size)) and float(step_size) > 0):
+        raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
+    _check_clamp(clamp)
+    return e, steps, 2.5 * e / max(steps, 1) if step_size is None else float(step_size)
+
+
+def _ascend(model: nn.Module, x: torch.Tensor, gradient: Callable[[torch.Tensor], torch.Tensor], eps: float,
+            steps: int, alpha: float, clamp: Clamp, *, random_start: bool = True,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """The PGD iterations from ``x`` (on the model's device) up the input ``gradient(x')``, the model in eval mode:
+    signed steps of ``alpha``, each projected onto the ``eps`` ball and ``clamp``."""
+    low, high = x - eps, x + eps
     x_adv = x.clone()
     if random_start:
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype,
                            device=generator.device if generator is not None else x.device)
-        x_adv = _clamp(x + (2 * noise.to(x.device) - 1) * e, clamp)
+        x_adv = _clamp(x + (2 * noise.to(x.device) - 1) * eps, clamp)
     with eval_mode(model):
         for _ in range(steps):
-            step = x_adv + alpha * _input_gradient(model, x_adv, y, loss).sign()
+            step = x_adv + alpha * gradient(x_adv).sign()
             x_adv = _clamp(torch.min(torch.max(step, low), high), clamp).detach()
     return x_adv
 
