@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny import blobs, mlp
 
+from kdlib import data
 from kdlib.train import fit
 
 
@@ -32,3 +33,9 @@ def teacher() -> torch.nn.Module:
     model = mlp(hidden=32, seed=1)
     fit(model, blobs(), epochs=5, batch_size=16, lr=1e-2)
     return model
+
+
+@pytest.fixture(scope="session")
+def digits() -> data.Dataset:
+    """scikit-learn's 8x8 digits as a kdlib Dataset on the CPU, loaded once (tests read it, none modifies it)."""
+    return data.digits(device="cpu")

@@ -27,11 +27,6 @@ from kdlib.train import fit
 
 
 @pytest.fixture(scope="module")
-def digits() -> kdata.Dataset:
-    return kdata.digits(device="cpu")
-
-
-@pytest.fixture(scope="module")
 def trained(digits: kdata.Dataset) -> nn.Module:
     model = models.create("mlp", input_shape=(1, 8, 8), hidden=(64,), seed=0)
     fit(model, digits, epochs=10, batch_size=64, lr=3e-3, device="cpu")

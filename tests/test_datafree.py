@@ -23,11 +23,6 @@ from kdlib.train import fit
 
 
 @pytest.fixture(scope="module")
-def digits() -> data.Dataset:
-    return data.digits(device="cpu")
-
-
-@pytest.fixture(scope="module")
 def bn_teacher(digits: data.Dataset) -> nn.Module:
     """kdlib's CNN (BatchNorm after every conv) on 8×8 digits, about 98 % test accuracy."""
     teacher = models.create("cnn", in_channels=1, input_size=8, channels=(16, 32), seed=0)
